@@ -31,6 +31,8 @@ from jtricks.transforms.scaling import (
 # --- init, layers, data, regularization, diagnostics, monitor ----------------------
 
 # --- training, averaging, checkpoints ----------------------------------------------
+# isort: split
+from jtricks import averaging, train
 
 # --- speed: flatten -----------------------------------------------------------------
 
