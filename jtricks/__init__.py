@@ -27,6 +27,19 @@ from jtricks.transforms.scaling import (
 )
 
 # --- schedules, plateau, wrappers (schedules.py, transforms/plateau.py, wrappers.py) -
+# isort: split
+from jtricks.transforms.plateau import ReduceOnPlateauState, reduce_on_plateau
+from jtricks.transforms.wrappers import (
+    AccumulateState,
+    MaskedNode,
+    MaskedState,
+    PartitionState,
+    SkipNonfiniteState,
+    accumulate,
+    masked,
+    partition,
+    skip_nonfinite,
+)
 
 # --- init, layers, data, regularization, diagnostics, monitor ----------------------
 

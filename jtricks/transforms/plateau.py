@@ -1,0 +1,199 @@
+"""Reduce the step size when a monitored value stops improving."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from jtricks import hyperparams as hp
+from jtricks import tree as jtree
+from jtricks.base import Transform, static_field
+
+__all__ = ["ReduceOnPlateauState", "ReduceOnPlateau", "reduce_on_plateau"]
+
+
+class ReduceOnPlateauState(NamedTuple):
+    """State of :func:`reduce_on_plateau`.
+
+    Attributes:
+        scale: the factor updates are multiplied by (starts at 1).
+        best_value: the best averaged value seen so far (``+inf`` in ``"min"`` mode,
+            ``-inf`` in ``"max"`` mode before the first one).
+        plateau_count: int32, averaged values since the last improvement.
+        cooldown_count: int32, averaged values left before plateaus count again.
+        count: int32, the number of updates so far.
+        accumulated: int32, values summed into ``avg_value`` in the current window.
+        avg_value: the running mean of the values in the current window.
+    """
+
+    scale: jax.Array
+    best_value: jax.Array
+    plateau_count: jax.Array
+    cooldown_count: jax.Array
+    count: jax.Array
+    accumulated: jax.Array
+    avg_value: jax.Array
+
+
+def _stats_dtype(params: Any) -> Any:
+    """fp32, or wider if some parameter is wider (fp64 under x64)."""
+    dtype = jnp.dtype(jnp.float32)
+    for leaf in jax.tree.leaves(params):
+        leaf_dtype = jnp.result_type(leaf)
+        if jnp.issubdtype(leaf_dtype, jnp.floating):
+            dtype = jnp.promote_types(dtype, leaf_dtype)
+    return dtype
+
+
+class ReduceOnPlateau(Transform):
+    """Scales updates down when the monitored value plateaus; see :func:`reduce_on_plateau`."""
+
+    factor: Any
+    patience: Any
+    min_delta: Any
+    rtol: Any
+    cooldown: Any
+    min_scale: Any
+    accumulation_size: Any
+    mode: str = static_field(default="min")
+
+    def init(self, params):
+        dtype = _stats_dtype(params)
+        worst = jnp.inf if self.mode == "min" else -jnp.inf
+        zero = jnp.zeros([], jnp.int32)
+        return ReduceOnPlateauState(
+            scale=jnp.ones([], dtype), best_value=jnp.asarray(worst, dtype),
+            plateau_count=zero, cooldown_count=zero, count=zero, accumulated=zero,
+            avg_value=jnp.zeros([], dtype),
+        )
+
+    def update(self, updates, state, params=None, *, value: ArrayLike | None = None,
+               **extra):
+        del params, extra
+        if value is None:
+            raise TypeError(
+                "reduce_on_plateau.update needs the monitored value: call "
+                "tx.update(updates, state, params, value=loss) (inside jt.chain the "
+                "keyword is passed on to every transform)."
+            )
+        if jnp.ndim(value) != 0:
+            raise ValueError(
+                "reduce_on_plateau.update: value must be a scalar (the monitored "
+                f"loss or metric), got shape {jnp.shape(value)}. Reduce it first, "
+                "e.g. value=loss.mean()."
+            )
+        dtype = state.avg_value.dtype
+        # Running mean of the values in the current window.
+        n = state.accumulated
+        n_new = jtree.increment(n)
+        avg = (n * state.avg_value + jnp.asarray(value).astype(dtype)) / n_new
+        ready = n_new >= self.accumulation_size
+
+        # "min" compares x < threshold(best); "max" compares -x < threshold(-best),
+        # so both modes share one rule. The threshold moves by rtol * |best| + min_delta
+        # towards "better" (for best >= 0 in "min" mode this is optax's
+        # (1 - rtol) * best - atol).
+        sign = 1 if self.mode == "min" else -1
+        best = sign * state.best_value
+        moved = jnp.where(best >= 0, (1 - self.rtol) * best, (1 + self.rtol) * best)
+        improved = sign * avg < moved - self.min_delta
+
+        best_value = jnp.where(improved, avg, state.best_value)
+        plateau = jnp.where(improved, 0, jtree.increment(state.plateau_count))
+        cooling = state.cooldown_count > 0
+        reduce = ~cooling & (plateau >= self.patience)
+        scale = jnp.where(reduce, state.scale * self.factor, state.scale)
+        scale = jnp.maximum(scale, self.min_scale).astype(state.scale.dtype)
+        plateau = jnp.where(cooling | reduce, 0, plateau).astype(jnp.int32)
+        cooldown = jnp.where(cooling, state.cooldown_count - 1,
+                             jnp.where(reduce, self.cooldown, 0)).astype(jnp.int32)
+
+        def pick(new, old):
+            return jnp.where(ready, new, old).astype(old.dtype)
+
+        new_state = ReduceOnPlateauState(
+            scale=pick(scale, state.scale),
+            best_value=pick(best_value, state.best_value),
+            plateau_count=pick(plateau, state.plateau_count),
+            cooldown_count=pick(cooldown, state.cooldown_count),
+            count=jtree.increment(state.count),
+            accumulated=jnp.where(ready, 0, n_new).astype(jnp.int32),
+            avg_value=jnp.where(ready, 0, avg).astype(dtype),
+        )
+        s = new_state.scale
+        updates = jax.tree.map(lambda g: g * s.astype(jnp.result_type(g)), updates)
+        return updates, new_state
+
+
+def reduce_on_plateau(factor: ArrayLike = 0.1, patience: ArrayLike = 10, mode: str = "min",
+                      min_delta: ArrayLike = 0.0, rtol: ArrayLike = 1e-4,
+                      cooldown: ArrayLike = 0, min_scale: ArrayLike = 0.0,
+                      accumulation_size: ArrayLike = 1) -> ReduceOnPlateau:
+    """Multiplies updates by a scale that drops by ``factor`` when a value plateaus.
+
+    Feed the monitored value (a loss to minimise, or with ``mode="max"`` a metric to
+    maximise) to every update: ``tx.update(updates, state, params, value=loss)``.
+    Values are averaged over windows of ``accumulation_size`` updates; at the end of
+    each window, with ``a`` the window's mean and ``best`` the best mean so far::
+
+        improved = a < best - rtol * |best| - min_delta     ("min"; mirrored for "max")
+        best     = a if improved
+        plateau  = 0 if improved else plateau + 1
+        if cooldown_count > 0:       cooldown_count -= 1; plateau = 0
+        elif plateau >= patience:    scale = max(scale * factor, min_scale);
+                                     plateau = 0; cooldown_count = cooldown
+
+    and every update is multiplied by the current ``scale`` (the new one on the
+    update that ends a window). Put it after the optimizer in a chain, e.g.
+    ``jt.chain(jt.adam(1e-3), jt.reduce_on_plateau(patience=5))``.
+
+    For a non-negative monitored value this equals ``optax.contrib.reduce_on_plateau``
+    with ``atol = min_delta`` and the same ``factor``, ``patience``, ``rtol``,
+    ``cooldown``, ``accumulation_size`` and ``min_scale`` (the default ``rtol=1e-4``
+    is optax's). For a negative value optax's ``(1 - rtol) * best`` would count a
+    slightly worse value as an improvement; jtricks uses ``|best|`` instead.
+
+    Args:
+        factor: multiplies the scale at each reduction, in (0, 1).
+        patience: windows without improvement before a reduction, an integer >= 1.
+        mode: ``"min"`` (a loss) or ``"max"`` (an accuracy).
+        min_delta: the absolute improvement that counts, >= 0.
+        rtol: the relative improvement that counts, in [0, 1].
+        cooldown: windows to wait after a reduction before counting plateaus again,
+            an integer >= 0.
+        min_scale: the scale never goes below this, in [0, 1].
+        accumulation_size: updates whose values are averaged into one window, an
+            integer >= 1 (use more than 1 when feeding noisy mini-batch losses).
+
+    Example:
+        >>> tx = jt.chain(jt.adam(1e-3), jt.reduce_on_plateau(patience=5))
+        >>> updates, state = tx.update(grads, state, params, value=val_loss)
+    """
+    where = "reduce_on_plateau"
+    if mode not in ("min", "max"):
+        raise ValueError(
+            f"{where}: mode must be 'min' (for a loss) or 'max' (for a metric such as "
+            f"accuracy), got {mode!r}."
+        )
+    hp.check_range(where, "factor", factor, low=0.0, high=1.0, low_open=True,
+                   high_open=True, fix="It multiplies the scale at each reduction, "
+                   "e.g. 0.1 or 0.5.")
+    integer = lambda low: (lambda x: (x >= low) & (x == np.floor(x)))
+    hp.check(where, "patience", patience, integer(1), "an integer >= 1",
+             "It is the number of windows without improvement before a reduction.")
+    hp.check(where, "cooldown", cooldown, integer(0), "an integer >= 0")
+    hp.check(where, "accumulation_size", accumulation_size, integer(1), "an integer >= 1",
+             "Use 1 to act on every value, or the number of steps per evaluation.")
+    hp.check_range(where, "min_delta", min_delta, low=0.0,
+                   fix="It is the absolute improvement that counts (optax's atol).")
+    hp.check_range(where, "rtol", rtol, low=0.0, high=1.0,
+                   fix="It is the relative improvement that counts, e.g. 1e-4.")
+    hp.check_range(where, "min_scale", min_scale, low=0.0, high=1.0,
+                   fix="It is the smallest scale reductions may reach, e.g. 1e-3.")
+    return ReduceOnPlateau(factor=factor, patience=patience, min_delta=min_delta,
+                           rtol=rtol, cooldown=cooldown, min_scale=min_scale,
+                           accumulation_size=accumulation_size, mode=mode)
