@@ -18,8 +18,23 @@ from jtricks.base import (
 )
 
 # --- optimizers and building blocks (transforms/, optimizers.py) --------------------
-from jtricks.optimizers import adam
-from jtricks.transforms.adaptive import ScaleByAdamState, scale_by_adam
+from jtricks.optimizers import adagrad, adam, adamw, normalized_sgd, rmsprop, sgd
+from jtricks.transforms.adaptive import (
+    ScaleByAdagradState,
+    ScaleByAdamState,
+    ScaleByRmsState,
+    scale_by_adagrad,
+    scale_by_adam,
+    scale_by_rms,
+)
+from jtricks.transforms.clipping import (
+    adaptive_grad_clip,
+    clip,
+    clip_by_global_norm,
+    normalize_by_global_norm,
+)
+from jtricks.transforms.decay import add_decayed_weights
+from jtricks.transforms.momentum import TraceState, trace
 from jtricks.transforms.scaling import (
     ScaleByLearningRateState,
     scale,

@@ -9,18 +9,163 @@ from __future__ import annotations
 
 from typing import Any
 
-from jtricks.base import Chain, chain
-from jtricks.transforms.adaptive import check_decay, check_eps, scale_by_adam
+from jtricks import hyperparams as hp
+from jtricks.base import Chain, chain, identity
+from jtricks.transforms.adaptive import (
+    check_decay,
+    check_eps,
+    check_initial,
+    scale_by_adagrad,
+    scale_by_adam,
+    scale_by_rms,
+)
+from jtricks.transforms.clipping import no_schedule, normalize_by_global_norm
+from jtricks.transforms.decay import add_decayed_weights
+from jtricks.transforms.momentum import trace
 from jtricks.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["adam"]
+__all__ = ["sgd", "normalized_sgd", "adagrad", "rmsprop", "adam", "adamw"]
 
 
 def _check_lr(where: str, learning_rate: Any) -> None:
-    from jtricks import hyperparams as hp
-
     hp.check_range(where, "learning_rate", learning_rate, low=0.0,
                    fix="A learning rate must be non-negative, e.g. 1e-3.")
+
+
+def _momentum(where: str, momentum: Any, nesterov: bool):
+    """``trace(momentum, nesterov)``, or ``identity()`` when ``momentum is None``."""
+    if momentum is None:
+        if nesterov:
+            raise ValueError(
+                f"{where}: nesterov=True needs a momentum, got momentum=None. Pass "
+                "momentum=0.9 (for example), or drop nesterov."
+            )
+        return identity()
+    check_decay(where, "momentum", momentum)
+    return trace(momentum, nesterov=nesterov)
+
+
+def sgd(learning_rate: Any, momentum: Any = None, nesterov: bool = False) -> Chain:
+    """Stochastic gradient descent, with optional (Nesterov) momentum.
+
+    Plain (``momentum=None``)::
+
+        w <- w - lr(k) * g
+
+    With momentum ``m`` (the trace ``t`` starts at 0)::
+
+        t <- g + m * t
+        w <- w - lr(k) * t                  (nesterov=False)
+        w <- w - lr(k) * (g + m * t)        (nesterov=True)
+
+    For a constant rate this is the lesson's velocity form ``v <- m * v - lr * g;
+    w <- w + v`` (``v = -lr * t``). Same numbers as ``optax.sgd``.
+
+    Args:
+        learning_rate: step size, >= 0; a float, an array or a schedule.
+        momentum: the momentum coefficient in [0, 1), or ``None`` for none; a
+            float, an array or a schedule.
+        nesterov: use Nesterov momentum (needs ``momentum``).
+
+    Example:
+        >>> tx = jt.sgd(0.1, momentum=0.9)
+    """
+    _check_lr("sgd", learning_rate)
+    return chain(_momentum("sgd", momentum, nesterov), scale_by_learning_rate(learning_rate))
+
+
+def normalized_sgd(learning_rate: Any, eps: Any = 1e-6) -> Chain:
+    """Gradient descent along the gradient's direction only (the lesson's rule).
+
+    With ``||g||`` the global L2 norm over all leaves::
+
+        w <- w - lr(k) * g / (||g|| + eps)
+
+    so every step has length ``lr`` (up to ``eps``), however large or small the
+    gradient. optax has no twin; its ``normalize_by_update_norm`` followed by
+    ``scale_by_learning_rate`` gives the same numbers.
+
+    Args:
+        learning_rate: step size, >= 0; a float, an array or a schedule.
+        eps: added to the norm (outside it), >= 0; a number or an array.
+
+    Example:
+        >>> tx = jt.normalized_sgd(0.01)
+    """
+    _check_lr("normalized_sgd", learning_rate)
+    no_schedule("normalized_sgd", "eps", eps)
+    check_eps("normalized_sgd", "eps", eps)
+    return chain(normalize_by_global_norm(eps), scale_by_learning_rate(learning_rate))
+
+
+def adagrad(learning_rate: Any, initial_accumulator_value: Any = 0.1,
+            eps: Any = 1e-7) -> Chain:
+    """Adagrad (Duchi et al., 2011): per-coordinate steps shrinking with the sum of
+    squared gradients so far.
+
+    ::
+
+        s <- s + g**2                       (s starts at initial_accumulator_value)
+        w <- w - lr(k) * g / sqrt(s + eps)
+
+    Same numbers as ``optax.adagrad``.
+
+    Args:
+        learning_rate: step size, >= 0; a float, an array or a schedule.
+        initial_accumulator_value: the starting value of ``s``, >= 0.
+        eps: added inside the square root, >= 0.
+
+    Example:
+        >>> tx = jt.adagrad(0.1)
+    """
+    _check_lr("adagrad", learning_rate)
+    check_initial("adagrad", "initial_accumulator_value", initial_accumulator_value)
+    check_eps("adagrad", "eps", eps)
+    return chain(scale_by_adagrad(initial_accumulator_value, eps),
+                 scale_by_learning_rate(learning_rate))
+
+
+def rmsprop(learning_rate: Any, decay: Any = 0.9, eps: Any = 1e-8, centered: bool = False,
+            momentum: Any = None, nesterov: bool = False, *,
+            initial_scale: Any = 0.0) -> Chain:
+    """RMSProp (Hinton, 2012; centered: Graves, 2013), with optional momentum.
+
+    ``eps`` sits inside the square root (optax's default, unlike PyTorch)::
+
+        nu <- decay * nu + (1 - decay) * g**2
+        s  <- g / sqrt(nu + eps)                         (centered=False)
+        s  <- g / sqrt(nu - mu**2 + eps)                 (centered=True, with
+              mu <- decay * mu + (1 - decay) * g)
+        u  <- -lr(k) * s
+
+    then, when ``momentum`` is given, a trace of the *scaled* update (as in optax)::
+
+        t <- u + momentum * t;   w <- w + t              (or u + momentum * t, Nesterov)
+
+    Same numbers as ``optax.rmsprop`` with its defaults.
+
+    Args:
+        learning_rate: step size, >= 0; a float, an array or a schedule.
+        decay: the running mean's decay rate, in [0, 1).
+        eps: added inside the square root, >= 0.
+        centered: divide by the running standard deviation (static).
+        momentum: momentum coefficient in [0, 1), or ``None`` for none.
+        nesterov: use Nesterov momentum (needs ``momentum``).
+        initial_scale: the starting value of ``nu`` (0 as in optax and PyTorch).
+
+    Example:
+        >>> tx = jt.rmsprop(1e-3, momentum=0.9)
+    """
+    _check_lr("rmsprop", learning_rate)
+    check_decay("rmsprop", "decay", decay)
+    check_eps("rmsprop", "eps", eps)
+    check_initial("rmsprop", "initial_scale", initial_scale)
+    tail = _momentum("rmsprop", momentum, nesterov)
+    return chain(
+        scale_by_rms(decay, eps, centered, initial_scale=initial_scale),
+        scale_by_learning_rate(learning_rate),
+        tail,
+    )
 
 
 def adam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
@@ -46,5 +191,51 @@ def adam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
     check_eps("adam", "eps_root", eps_root)
     return chain(
         scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
+          eps_root: Any = 0.0, mu_dtype: Any = None, weight_decay: Any = 1e-4,
+          mask: Any = None) -> Chain:
+    """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
+
+    ::
+
+        m <- b1 * m + (1 - b1) * g
+        v <- b2 * v + (1 - b2) * g**2
+        w <- w - lr(k) * ((m / (1 - b1**t)) / (sqrt(v / (1 - b2**t) + eps_root) + eps)
+                          + weight_decay * w)
+
+    The decay is multiplied by the learning rate (as in optax and PyTorch) and
+    applies only where ``mask`` is True. Same numbers and argument order as
+    ``optax.adamw``.
+
+    Args:
+        learning_rate: step size, >= 0; a float, an array or a schedule.
+        b1: decay of the first moment, in [0, 1).
+        b2: decay of the second moment, in [0, 1).
+        eps: added to the denominator outside the square root, >= 0.
+        eps_root: added inside the square root, >= 0.
+        mu_dtype: dtype of the first moment (e.g. ``jnp.float32`` for bf16 params).
+        weight_decay: decay rate, >= 0; a number or an array.
+        mask: ``None`` (decay every leaf), a tree of bools like the params, or a
+            callable ``params -> such a tree`` (e.g. to skip biases).
+
+    Example:
+        >>> decay_matrices = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+        >>> tx = jt.adamw(1e-3, weight_decay=1e-2, mask=decay_matrices)
+    """
+    _check_lr("adamw", learning_rate)
+    for name, value in (("b1", b1), ("b2", b2)):
+        check_decay("adamw", name, value)
+    check_eps("adamw", "eps", eps)
+    check_eps("adamw", "eps_root", eps_root)
+    no_schedule("adamw", "weight_decay", weight_decay)
+    hp.check_range("adamw", "weight_decay", weight_decay, low=0.0,
+                   fix="weight_decay shrinks weights towards 0; typical values are 1e-5 to 1e-2.")
+    return chain(
+        scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype),
+        add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

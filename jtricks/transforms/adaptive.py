@@ -1,4 +1,4 @@
-"""Adaptive per-coordinate scaling: Adam (Adagrad and RMSProp live here too)."""
+"""Adaptive per-coordinate scaling: Adagrad, RMSProp and Adam."""
 
 from __future__ import annotations
 
@@ -12,11 +12,18 @@ from jtricks import tree as jtree
 from jtricks.base import Transform, static_field
 
 __all__ = [
+    "ScaleByAdagradState",
+    "ScaleByAdagrad",
+    "scale_by_adagrad",
+    "ScaleByRmsState",
+    "ScaleByRms",
+    "scale_by_rms",
     "ScaleByAdamState",
     "ScaleByAdam",
     "scale_by_adam",
     "check_decay",
     "check_eps",
+    "check_initial",
 ]
 
 
@@ -117,3 +124,172 @@ def scale_by_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, eps_root: Any
         mu_dtype=None if mu_dtype is None else jnp.dtype(mu_dtype),
         nu_dtype=None if nu_dtype is None else jnp.dtype(nu_dtype),
     )
+
+
+def check_initial(where: str, name: str, value: Any) -> None:
+    """An initial accumulator value is read once, by ``init``: a number or an array >= 0."""
+    if hp.is_schedule(value):
+        raise TypeError(
+            f"{where}: {name} fills the accumulator once, in init, so it cannot be a "
+            f"schedule; got {value!r}. Pass a number or an array, e.g. {name}=0.1."
+        )
+    hp.check_range(where, name, value, low=0.0,
+                   fix=f"{name} starts a running sum of squares; use a value >= 0.")
+
+
+def _full_like(params: Any, value: Any) -> Any:
+    """``value`` broadcast to each leaf of ``params``, in the leaf's dtype."""
+    return jax.tree.map(lambda p: jnp.full(jnp.shape(p), value, jnp.result_type(p)), params)
+
+
+class ScaleByAdagradState(NamedTuple):
+    """``count`` int32 updates so far; ``sum_of_squares`` of all updates to date."""
+
+    count: jax.Array
+    sum_of_squares: Any
+
+
+class ScaleByAdagrad(Transform):
+    """Adagrad's per-coordinate scaling; see :func:`scale_by_adagrad`."""
+
+    initial_accumulator_value: Any
+    eps: Any
+
+    def init(self, params):
+        hp.check_float_params("scale_by_adagrad", params)
+        return ScaleByAdagradState(
+            count=jnp.zeros([], jnp.int32),
+            sum_of_squares=_full_like(params, self.initial_accumulator_value),
+        )
+
+    def update(self, updates, state, params=None, **extra):
+        del params, extra
+        eps = hp.value_at(self.eps, state.count)
+
+        def leaf(g, s):
+            # One fused pass; s keeps its dtype so the state is scan-stable.
+            s = (g * g + s).astype(s.dtype)
+            return jnp.where(s > 0, jax.lax.rsqrt(s + eps), 0) * g, s
+
+        out = jtree.map_checked(leaf, updates, state.sum_of_squares,
+                                names=("updates", "state.sum_of_squares"),
+                                where="scale_by_adagrad.update")
+        u, sum_of_squares = jtree.unzip2(updates, out)
+        return u, ScaleByAdagradState(count=jtree.increment(state.count),
+                                      sum_of_squares=sum_of_squares)
+
+
+def scale_by_adagrad(initial_accumulator_value: Any = 0.1, eps: Any = 1e-7) -> ScaleByAdagrad:
+    """Divides each coordinate by the root of its sum of squared updates (Adagrad).
+
+    Same numbers as optax's ``scale_by_rss``. With ``g`` the incoming update::
+
+        s <- s + g**2                       (s starts at initial_accumulator_value)
+        u <- g / sqrt(s + eps)              (0 where s == 0)
+
+    Args:
+        initial_accumulator_value: the starting value of ``s``, >= 0; a number or an
+            array (it is read once, by ``init``).
+        eps: added inside the square root, >= 0; a float, an array or a schedule.
+
+    Example:
+        >>> tx = jt.chain(jt.scale_by_adagrad(), jt.scale_by_learning_rate(0.1))
+    """
+    check_initial("scale_by_adagrad", "initial_accumulator_value", initial_accumulator_value)
+    check_eps("scale_by_adagrad", "eps", eps)
+    return ScaleByAdagrad(initial_accumulator_value=initial_accumulator_value,
+                          eps=hp.as_hyper(eps))
+
+
+class ScaleByRmsState(NamedTuple):
+    """``count`` int32 updates so far; ``nu`` the running mean of squared updates;
+    ``mu`` the running mean of updates when centered, else ``None``.
+
+    One state type whatever ``centered`` is: only the ``mu`` subtree differs.
+    """
+
+    count: jax.Array
+    nu: Any
+    mu: Any
+
+
+class ScaleByRms(Transform):
+    """RMSProp's scaling; see :func:`scale_by_rms`."""
+
+    decay: Any
+    eps: Any
+    initial_scale: Any
+    centered: bool = static_field(default=False)
+
+    def init(self, params):
+        hp.check_float_params("scale_by_rms", params)
+        return ScaleByRmsState(
+            count=jnp.zeros([], jnp.int32),
+            nu=_full_like(params, self.initial_scale),
+            mu=jtree.zeros_like(params) if self.centered else None,
+        )
+
+    def update(self, updates, state, params=None, **extra):
+        del params, extra
+        decay = hp.value_at(self.decay, state.count)
+        eps = hp.value_at(self.eps, state.count)
+        count = jtree.increment(state.count)
+
+        if not self.centered:
+            def leaf(g, v):
+                v = ((1 - decay) * g**2 + decay * v).astype(v.dtype)
+                return jax.lax.rsqrt(v + eps) * g, v
+
+            out = jtree.map_checked(leaf, updates, state.nu, names=("updates", "state.nu"),
+                                    where="scale_by_rms.update")
+            u, nu = jtree.unzip2(updates, out)
+            return u, ScaleByRmsState(count=count, nu=nu, mu=None)
+
+        def centered_leaf(g, v, m):
+            m = ((1 - decay) * g + decay * m).astype(m.dtype)
+            v = ((1 - decay) * g**2 + decay * v).astype(v.dtype)
+            # The variance estimate can round below zero; clamp it so sqrt stays real.
+            return jax.lax.rsqrt(jnp.maximum(v - m * m, 0) + eps) * g, v, m
+
+        out = jtree.map_checked(centered_leaf, updates, state.nu, state.mu,
+                                names=("updates", "state.nu", "state.mu"),
+                                where="scale_by_rms.update")
+        u, nu, mu = jtree.unzip3(updates, out)
+        return u, ScaleByRmsState(count=count, nu=nu, mu=mu)
+
+
+def scale_by_rms(decay: Any = 0.9, eps: Any = 1e-8, centered: bool = False, *,
+                 initial_scale: Any = 0.0) -> ScaleByRms:
+    """Divides each coordinate by the root of a running mean of its squares (RMSProp).
+
+    Same numbers as optax's ``scale_by_rms`` (``centered=False``) and
+    ``scale_by_stddev`` (``centered=True``) with their defaults; ``eps`` sits
+    *inside* the square root. With ``g`` the incoming update::
+
+        nu <- decay * nu + (1 - decay) * g**2
+        u  <- g / sqrt(nu + eps)
+
+    and when centered, with ``mu <- decay * mu + (1 - decay) * g``::
+
+        u  <- g / sqrt(max(nu - mu**2, 0) + eps)
+
+    The state is always a :class:`ScaleByRmsState` (``mu`` is ``None`` when not
+    centered), so ``centered`` never changes the state's type.
+
+    Args:
+        decay: the running mean's decay rate, in [0, 1); a float, an array or a
+            schedule (update ``k`` uses ``decay(k)``).
+        eps: added inside the square root, >= 0; a float, an array or a schedule.
+        centered: divide by the running standard deviation instead of the root mean
+            square (static).
+        initial_scale: the starting value of ``nu`` (0 as in optax and PyTorch; TF1
+            used 1); a number or an array, read once by ``init``.
+
+    Example:
+        >>> tx = jt.chain(jt.scale_by_rms(decay=0.9), jt.scale_by_learning_rate(1e-3))
+    """
+    check_decay("scale_by_rms", "decay", decay)
+    check_eps("scale_by_rms", "eps", eps)
+    check_initial("scale_by_rms", "initial_scale", initial_scale)
+    return ScaleByRms(decay=hp.as_hyper(decay), eps=hp.as_hyper(eps),
+                      initial_scale=initial_scale, centered=bool(centered))

@@ -1,0 +1,73 @@
+"""Momentum: a decaying trace of past updates (heavy ball and Nesterov)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jtricks import hyperparams as hp
+from jtricks import tree as jtree
+from jtricks.base import Transform, static_field
+from jtricks.transforms.adaptive import check_decay
+
+__all__ = ["TraceState", "Trace", "trace"]
+
+
+class TraceState(NamedTuple):
+    """``count`` int32 updates so far; ``trace`` the velocity, shaped like params."""
+
+    count: jax.Array
+    trace: Any
+
+
+class Trace(Transform):
+    """A decaying sum of past updates; see :func:`trace`."""
+
+    decay: Any
+    nesterov: bool = static_field(default=False)
+
+    def init(self, params):
+        hp.check_float_params("trace", params)
+        return TraceState(count=jnp.zeros([], jnp.int32), trace=jtree.zeros_like(params))
+
+    def update(self, updates, state, params=None, **extra):
+        del params, extra
+        decay = hp.value_at(self.decay, state.count)
+        nesterov = self.nesterov
+
+        def leaf(g, t):
+            # One fused pass; the trace keeps its dtype so the state is scan-stable.
+            t = (g + decay * t).astype(t.dtype)
+            return (g + decay * t if nesterov else t), t
+
+        out = jtree.map_checked(leaf, updates, state.trace,
+                                names=("updates", "state.trace"), where="trace.update")
+        u, new_trace = jtree.unzip2(updates, out)
+        return u, TraceState(count=jtree.increment(state.count), trace=new_trace)
+
+
+def trace(decay: Any, nesterov: bool = False) -> Trace:
+    """Accumulates a momentum trace of the incoming updates ``g`` (optax's ``trace``).
+
+    ::
+
+        t <- g + decay * t
+        u <- t                   (heavy ball)
+        u <- g + decay * t       (nesterov=True, with the new t)
+
+    Followed by ``scale_by_learning_rate(lr)``, a constant rate gives the lesson's
+    momentum ``v <- decay * v - lr * g; w <- w + v`` with ``v = -lr * t``. The trace
+    is stored in the params' dtype.
+
+    Args:
+        decay: the momentum coefficient, in [0, 1); a float, an array or a schedule
+            (update ``k`` uses ``decay(k)``).
+        nesterov: use Nesterov's look-ahead form (static).
+
+    Example:
+        >>> tx = jt.chain(jt.trace(0.9), jt.scale_by_learning_rate(0.1))
+    """
+    check_decay("trace", "decay", decay)
+    return Trace(decay=hp.as_hyper(decay), nesterov=bool(nesterov))
