@@ -84,7 +84,10 @@ class Ema(Struct):
             # with e_t = d e_{t-1} + (1 - d) p_t, e_0 = 0, the estimate e_t / (1 - d^t)
             # equals m_t = m_{t-1} + w_t (p_t - m_{t-1}) with w_t = (1 - d) / (1 - d^t).
             # w_1 = 1, so m_1 = p_1 whatever m_0 is.
-            weight = (1 - decay) / jtree.bias_correction(decay, count)
+            # 1 - d^t as -expm1(t * log1p(d - 1)): exact d - 1, no cancellation, so
+            # the weights stay accurate for decays like 0.9999 in fp32.
+            t = count.astype(jnp.float32)
+            weight = (1 - decay) / -jnp.expm1(t * jnp.log1p(decay - 1))
         else:
             weight = 1 - decay
 

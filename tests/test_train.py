@@ -1,0 +1,294 @@
+"""make_step and fit: numbers, keys, metrics, model state, bad input, the on-device loop."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jtricks as jt
+from jtricks import train
+
+N, D, C, BS = 40, 4, 3, 8
+
+
+def data(seed=0, n=N):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, D)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5).astype(np.int32)
+    return x, y
+
+
+def init_params(key):
+    return {"w": 0.1 * jax.random.normal(key, (D, C)), "b": jnp.zeros(C)}
+
+
+def xent(params, x, y):
+    logits = x @ params["w"] + params["b"]
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+
+
+def loss_fn(params, model_state, batch, key):
+    """Counts its calls in model_state and reports a dropout-key draw as a metric."""
+    x, y = batch
+    keep = jax.random.bernoulli(key, 0.9, x.shape)
+    loss = xent(params, jnp.where(keep, x / 0.9, 0.0), y)
+    new_state = {"calls": model_state["calls"] + 1}
+    return loss, (new_state, {"draw": jax.random.uniform(key)})
+
+
+def fresh(tx=None, averaging=None, seed=0):
+    step = train.make_step(loss_fn, tx or jt.adam(1e-2), averaging=averaging)
+    state = step.init(init_params(jax.random.key(seed)), jax.random.key(seed + 1),
+                      {"calls": jnp.zeros([], jnp.int32)})
+    return step, state
+
+
+def batch_at(t):
+    x, y = data()
+    i = (t * BS) % N
+    return x[i:i + BS], y[i:i + BS]
+
+
+def test_step_equals_hand_written_update():
+    step, state = fresh()
+    params = init_params(jax.random.key(0))
+    tx = jt.adam(1e-2)
+    opt = tx.init(params)
+    base = jax.random.key(1)
+    for t in range(3):
+        batch = batch_at(t)
+        state, metrics = step(state, batch)
+        key = jax.random.fold_in(base, t)
+        grads = jax.grad(lambda p, b=batch, k=key: loss_fn(p, {"calls": 0}, b, k)[0])(params)
+        updates, opt = tx.update(grads, opt, params)
+        params = jt.apply_updates(params, updates)
+        np.testing.assert_allclose(metrics["grad_norm"], jt.tree.global_norm(grads), rtol=1e-5)
+        np.testing.assert_allclose(metrics["draw"], jax.random.uniform(key), rtol=0)
+    for k in params:
+        np.testing.assert_allclose(state.params[k], params[k], rtol=1e-5, atol=1e-7)
+    assert int(state.step) == 3 and state.step.dtype == jnp.int32
+    assert int(state.model_state["calls"]) == 3
+
+
+def test_metrics_report_scheduled_learning_rate():
+    step, state = fresh(jt.adam(lambda count: 0.1 / (1.0 + count)))
+    for t in range(3):
+        state, metrics = step(state, batch_at(t))
+        assert set(metrics) == {"loss", "grad_norm", "finite", "learning_rate", "draw"}
+        np.testing.assert_allclose(metrics["learning_rate"], 0.1 / (1.0 + t), rtol=1e-6)
+        assert bool(metrics["finite"])
+
+
+def test_optax_transform_is_accepted_and_equals_jtricks():
+    step_a, state_a = fresh(jt.adam(1e-2))
+    step_b, state_b = fresh(optax.adam(1e-2))
+    for t in range(3):
+        state_a, _ = step_a(state_a, batch_at(t))
+        state_b, metrics_b = step_b(state_b, batch_at(t))
+    assert "learning_rate" not in metrics_b  # optax hides its rate in a closure
+    for k in ("w", "b"):
+        np.testing.assert_allclose(state_a.params[k], state_b.params[k], rtol=1e-4, atol=1e-6)
+
+
+def test_new_learning_rate_does_not_recompile():
+    step_a, state_a = fresh(jt.adam(1e-2))
+    state_a, _ = step_a(state_a, batch_at(0))
+    size = train._jit_step._cache_size()
+    step_b, state_b = fresh(jt.adam(3e-4))
+    state_b, _ = step_b(state_b, batch_at(0))
+    assert train._jit_step._cache_size() == size
+    assert not np.allclose(state_a.params["w"], state_b.params["w"])
+
+
+def test_state_is_donated_and_init_copies_params():
+    params = init_params(jax.random.key(0))
+    step = train.make_step(loss_fn, jt.adam(1e-2), averaging=jt.averaging.ema(0.9))
+    state = step.init(params, jax.random.key(1), {"calls": jnp.zeros([], jnp.int32)})
+    old = state
+    state, _ = step(state, batch_at(0))
+    assert old.params["w"].is_deleted()
+    assert not params["w"].is_deleted()  # the caller's params are not consumed
+
+
+def test_nonfinite_step_keeps_model_state():
+    def nan_loss(params, model_state, batch, key):
+        loss, (ms, m) = loss_fn(params, model_state, batch, key)
+        return loss * jnp.where(batch[0][0, 0] > 100, jnp.nan, 1.0), (ms, m)
+
+    step = train.make_step(nan_loss, jt.adam(1e-2))
+    state = step.init(init_params(jax.random.key(0)), jax.random.key(1),
+                      {"calls": jnp.zeros([], jnp.int32)})
+    x, y = batch_at(0)
+    state, m1 = step(state, (x, y))
+    x_bad = x.copy()
+    x_bad[0, 0] = 1e3
+    state, m2 = step(state, (x_bad, y))
+    assert bool(m1["finite"]) and not bool(m2["finite"])
+    assert int(state.model_state["calls"]) == 1
+
+
+def test_ensemble_of_vmapped_states_runs_through_apply():
+    step, _ = fresh()
+    keys = jax.random.split(jax.random.key(3), 2)
+    states = jax.vmap(lambda k: step.init(init_params(k), k,
+                                          {"calls": jnp.zeros([], jnp.int32)}))(keys)
+    states, metrics = jax.jit(jax.vmap(step.apply, in_axes=(0, None)))(states, batch_at(0))
+    assert metrics["loss"].shape == (2,) and states.step.tolist() == [1, 1]
+
+
+# ----------------------------------------------------------------- bad input
+
+
+def _bad(out):
+    return lambda params, model_state, batch, key: out(params, model_state, batch)
+
+
+BAD_LOSS_FNS = [
+    ("non-scalar loss",
+     _bad(lambda p, ms, b: (jnp.sum(b[0] @ p["w"], axis=1), (ms, {}))),
+     ValueError, r"scalar loss, got an array of shape \(8,\)"),
+    ("bare loss",
+     _bad(lambda p, ms, b: xent(p, *b)),
+     TypeError, r"must return \(loss, \(model_state, metrics\)\)"),
+    ("reserved metric",
+     _bad(lambda p, ms, b: (xent(p, *b), (ms, {"loss": 0.0}))),
+     ValueError, r"reserved names \['loss'\]"),
+    ("model_state dtype changed",
+     _bad(lambda p, ms, b: (xent(p, *b), ({"calls": ms["calls"] + 0.5}, {}))),
+     ValueError, r"model_state at \['calls'\] from \(\) int32 to \(\) float32"),
+    ("model_state structure changed",
+     _bad(lambda p, ms, b: (xent(p, *b), ({"calls": ms["calls"], "x": 1}, {}))),
+     ValueError, r"different structure"),
+]
+
+
+@pytest.mark.parametrize("name,fn,error,match", BAD_LOSS_FNS, ids=[c[0] for c in BAD_LOSS_FNS])
+def test_bad_loss_fn_output_is_named(name, fn, error, match):
+    step = train.make_step(fn, jt.adam(1e-2))
+    state = step.init(init_params(jax.random.key(0)), jax.random.key(1),
+                      {"calls": jnp.zeros([], jnp.int32)})
+    with pytest.raises(error, match=match):
+        step(state, batch_at(0))
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda x, y: (x[:5], y[:5]), r"batch leaf \[0\] has shape \(5, 4\) float32, but the "
+                                  r"first batch had \(8, 4\) float32"),
+    (lambda x, y: (x, y.astype(np.float32)), r"batch leaf \[1\] has shape \(8,\) float32"),
+    (lambda x, y: {"x": x, "y": y}, r"structure differs from the first batch"),
+])
+def test_batch_that_differs_from_the_first_is_refused(change, match):
+    step, state = fresh()
+    state, _ = step(state, batch_at(0))
+    with pytest.raises(ValueError, match=match):
+        step(state, change(*batch_at(1)))
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="loss_fn must be a function"):
+        train.make_step(3, jt.adam(1e-3))
+    with pytest.raises(TypeError, match="gradient transformation"):
+        train.make_step(loss_fn, "adam")
+    with pytest.raises(TypeError, match="averaging must have init/update/value"):
+        train.make_step(loss_fn, jt.adam(1e-3), averaging=0.99)
+    step, _ = fresh()
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+        step.init(init_params(jax.random.key(0)), jnp.zeros(3))
+
+
+# ----------------------------------------------------------------- fit
+
+
+def eval_fn(params, model_state, eval_data):
+    x, y = eval_data
+    logits = x @ params["w"] + params["b"]
+    return {"loss": xent(params, x, y), "accuracy": jnp.mean(logits.argmax(-1) == y)}
+
+
+def test_fit_epoch_equals_the_same_steps_one_by_one():
+    x, y = data()
+    key = jax.random.key(7)
+    step, state = fresh()
+    state, hist = train.fit(step, state, (x, y), batch_size=16, epochs=2, key=key)
+    ref_step, ref = fresh()
+    losses = []
+    for _ in range(2):
+        perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, ref.step), N))
+        for b in range(N // 16):
+            idx = perm[b * 16:(b + 1) * 16]
+            ref, m = ref_step(ref, (x[idx], y[idx]))
+            losses.append(float(m["loss"]))
+    np.testing.assert_allclose(state.params["w"], ref.params["w"], rtol=1e-5, atol=1e-7)
+    assert int(state.step) == int(ref.step) == 4
+    np.testing.assert_allclose(hist["train"]["loss"], np.reshape(losses, (2, 2)).mean(1),
+                               rtol=1e-5)
+    assert hist["epochs"] == 2 and hist["best_epoch"] is None and not hist["stopped"]
+    assert hist["eval"] == {}
+
+
+def scripted_eval(params, model_state, scripted):
+    # model_state counts steps; 2 steps per epoch (N=40, batch 16) picks this epoch's value.
+    return {"score": scripted[model_state["calls"] // 2 - 1]}
+
+
+@pytest.mark.parametrize("mode,scores,best,last", [
+    ("min", [5.0, 4.0, 3.0, 3.5, 2.9, 3.1, 3.2, 3.0, 1.0], 4, 7),
+    ("max", [0.1, 0.5, 0.4, 0.6, 0.6, 0.55, 0.9, 0.2, 0.1, 0.3], 6, 9),
+])
+def test_fit_stops_at_the_right_epoch_and_restores_best(mode, scores, best, last):
+    x, y = data()
+    key = jax.random.key(2)
+    es = train.EarlyStopping(patience=3, mode=mode)
+    step, state = fresh()
+    state, hist = train.fit(step, state, (x, y), batch_size=16, epochs=20, key=key,
+                            eval_data=jnp.asarray(scores), eval_fn=scripted_eval,
+                            early_stopping=es, monitor="score", progress=True)
+    assert hist["stopped"] and hist["epochs"] == last + 1 and hist["best_epoch"] == best
+    np.testing.assert_allclose(hist["eval"]["score"], scores[:last + 1])
+    assert int(state.step) == 2 * (last + 1)  # step and opt_state stay the last ones
+    # The returned params are those after epoch `best`: replay that many epochs.
+    step_ref, ref = fresh()
+    ref, _ = train.fit(step_ref, ref, (x, y), batch_size=16, epochs=best + 1, key=key)
+    np.testing.assert_allclose(state.params["w"], ref.params["w"], rtol=1e-6, atol=1e-8)
+    assert int(state.model_state["calls"]) == 2 * (best + 1)
+
+
+def test_fit_with_ema_evaluates_the_average():
+    x, y = data()
+    step, state = fresh(averaging=jt.averaging.ema(0.5))
+    state, hist = train.fit(step, state, (x, y), batch_size=8, epochs=3, key=jax.random.key(0),
+                            eval_data=(x, y), eval_fn=eval_fn)
+    expect = eval_fn(step.eval_params(state), state.model_state, (x, y))
+    np.testing.assert_allclose(hist["eval"]["loss"][-1], expect["loss"], rtol=1e-6)
+    assert not np.allclose(step.eval_params(state)["w"], state.params["w"])
+    assert set(hist["train"]) == {"loss", "grad_norm", "finite", "learning_rate", "draw"}
+    assert hist["train"]["loss"].shape == (3,)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"batch_size": 41}, ValueError, r"batch_size=41 is larger than the 40 training examples"),
+    ({"batch_size": 0}, ValueError, r"batch_size must be an integer >= 1, got 0"),
+    ({"train_data": (np.zeros((40, 4), np.float32), np.zeros(39, np.int32))}, ValueError,
+     r"disagree on the number of examples: \[0\] has 40, \[1\] has 39"),
+    ({"early_stopping": train.EarlyStopping(2), "monitor": "acc"}, ValueError,
+     r"monitor='acc' is not among the eval_fn metrics \['accuracy', 'loss'\]"),
+    ({"eval_fn": lambda p, ms, d: d[0]}, TypeError, r"eval_fn must return a dict of scalars"),
+])
+def test_fit_bad_input(kwargs, error, match):
+    x, y = data()
+    step, state = fresh()
+    args = {"train_data": (x, y), "batch_size": 8, "epochs": 1, "key": jax.random.key(0),
+            "eval_data": (x, y), "eval_fn": eval_fn, **kwargs}
+    with pytest.raises(error, match=match):
+        train.fit(step, state, args.pop("train_data"), **args)
+
+
+def test_fit_batch_must_match_the_steps_first_batch():
+    x, y = data()
+    step, state = fresh()
+    state, _ = step(state, batch_at(0))
+    with pytest.raises(ValueError, match=r"fit: batch leaf \[0\] has shape \(16, 4\)"):
+        train.fit(step, state, (x, y), batch_size=16, epochs=1, key=jax.random.key(0))
