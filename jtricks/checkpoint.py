@@ -86,7 +86,9 @@ def _to_numpy(leaf: Any) -> tuple[np.ndarray, dict]:
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    # (np.ascontiguousarray would turn a 0-d array into shape (1,).)
+    arr = arr if arr.flags.c_contiguous else arr.copy(order="C")
+    np.lib.format.write_array(buf, arr, allow_pickle=False)
     return buf.getvalue()
 
 
@@ -228,8 +230,13 @@ def _read(path: str) -> tuple[dict, list[np.ndarray]]:
                         f"restore: {path!r} is corrupted: the bytes of leaf "
                         f"{entry['path']} do not match their SHA-256."
                     )
-                arrays.append(np.lib.format.read_array(io.BytesIO(data),
-                                                       allow_pickle=False))
+                arr = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+                if list(arr.shape) != list(entry["shape"]) and entry["dtype"] != "key":
+                    raise CheckpointError(
+                        f"restore: {path!r} is inconsistent: leaf {entry['path']} has "
+                        f"shape {arr.shape} but the manifest says {tuple(entry['shape'])}."
+                    )
+                arrays.append(arr)
     except CheckpointError:
         raise
     except FileNotFoundError:
