@@ -39,6 +39,7 @@ from jtricks import hyperparams as hp
 from jtricks import tree as jtree
 from jtricks.base import Struct, Transform, apply_updates, as_transform, static_field
 from jtricks.checkpoint import CheckpointError, all_checkpoints, latest, restore, save
+from jtricks.transforms.plateau import ReduceOnPlateauState
 from jtricks.transforms.scaling import ScaleByLearningRate, ScaleByLearningRateState
 
 PyTree = Any
@@ -85,21 +86,27 @@ class TrainState(Struct):
     averages: PyTree = None
 
 
-def _learning_rate(tx: Transform, opt_state: PyTree) -> jax.Array | None:
-    """The learning rate the next update will use, if ``tx`` has exactly one.
+def _find(tree: PyTree, kind: type) -> list:
+    """The nodes of type ``kind`` in ``tree``, in traversal order."""
+    return [x for x in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, kind))
+            if isinstance(x, kind)]
 
-    Finds the (single) ``scale_by_learning_rate`` in the transform tree and its
-    state (same traversal order) and evaluates a schedule at that state's count.
+
+def _learning_rate(tx: Transform, old_state: PyTree, new_state: PyTree) -> jax.Array | None:
+    """The learning rate this update used, if ``tx`` has exactly one.
+
+    Finds the single ``scale_by_learning_rate`` in the transform tree and its state,
+    evaluates a schedule at the state's count before the update, and multiplies by
+    the scale of every ``reduce_on_plateau`` after the update (the scale it applied).
     """
-    txs = [t for t in jax.tree.leaves(tx, is_leaf=lambda x: isinstance(x, ScaleByLearningRate))
-           if isinstance(t, ScaleByLearningRate)]
-    states = [s for s in jax.tree.leaves(
-        opt_state, is_leaf=lambda x: isinstance(x, ScaleByLearningRateState))
-        if isinstance(s, ScaleByLearningRateState)]
+    txs = _find(tx, ScaleByLearningRate)
+    states = _find(old_state, ScaleByLearningRateState)
     if len(txs) != 1 or len(states) != 1:
         return None
-    lr = hp.value_at(txs[0].learning_rate, states[0].count)
-    return jnp.asarray(lr, jnp.float32)
+    lr = jnp.asarray(hp.value_at(txs[0].learning_rate, states[0].count), jnp.float32)
+    for plateau in _find(new_state, ReduceOnPlateauState):
+        lr = lr * plateau.scale.astype(jnp.float32)
+    return lr
 
 
 def _check_loss_output(out: Any, model_state: PyTree) -> tuple[Any, PyTree, dict]:
@@ -162,9 +169,9 @@ def _step_body(state: TrainState, batch: PyTree, tx: Transform, averaging: Any,
 
     (loss, (model_state, aux)), grads = jax.value_and_grad(objective, has_aux=True)(
         state.params)
-    lr = _learning_rate(tx, state.opt_state)
     # `value` feeds reduce_on_plateau; transforms that do not use it ignore it.
     updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
+    lr = _learning_rate(tx, state.opt_state, opt_state)
     params = apply_updates(state.params, updates)
     grad_norm = jtree.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -304,8 +311,10 @@ def make_step(loss_fn: Callable, tx: Any, *, averaging: Any = None) -> Step:
 
     The metrics are ``loss``, ``grad_norm`` (global L2 norm of the gradient),
     ``finite`` (bool), ``learning_rate`` (when ``tx`` holds one
-    ``scale_by_learning_rate``; a schedule is evaluated at its count) and the
-    ``metrics`` dict returned by ``loss_fn``.
+    ``scale_by_learning_rate``: a schedule is evaluated at its count, times the
+    scale of any ``reduce_on_plateau``) and the ``metrics`` dict returned by
+    ``loss_fn``. With ``jt.accumulate`` the averager sees every micro-step's params
+    (unchanged between updates), which only reweights the average.
 
     The optimizer's hyperparameters are passed to the compiled step as data, so
     steps built from ``jt.adam(1e-3)`` and ``jt.adam(3e-4)`` share one compilation.

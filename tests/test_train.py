@@ -139,6 +139,62 @@ def test_ensemble_of_vmapped_states_runs_through_apply():
     assert metrics["loss"].shape == (2,) and states.step.tolist() == [1, 1]
 
 
+def plain_loss(params, model_state, batch, key):
+    """Deterministic (no dropout), so gradients can be checked by hand."""
+    return xent(params, *batch), (model_state, {})
+
+
+def test_gradient_accumulation_through_the_wrapper():
+    params = init_params(jax.random.key(0))
+    step = train.make_step(plain_loss, jt.accumulate(jt.adam(1e-2), every_k=2))
+    state = step.init(params, jax.random.key(1))
+    state, _ = step(state, batch_at(0))
+    np.testing.assert_array_equal(state.params["w"], params["w"])  # micro-step 1 of 2
+    state, _ = step(state, batch_at(1))
+    grads = [jax.grad(lambda p, t=t: xent(p, *batch_at(t)))(params) for t in (0, 1)]
+    mean = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+    tx = jt.adam(1e-2)
+    updates, _ = tx.update(mean, tx.init(params), params)
+    expect = jt.apply_updates(params, updates)
+    np.testing.assert_allclose(state.params["w"], expect["w"], rtol=1e-5, atol=1e-7)
+
+
+def test_skip_nonfinite_keeps_params_and_model_state():
+    def loss(params, model_state, batch, key):
+        value = xent(params, *batch) * jnp.where(batch[0][0, 0] > 100, jnp.nan, 1.0)
+        return value, ({"calls": model_state["calls"] + 1}, {})
+
+    step = train.make_step(loss, jt.skip_nonfinite(jt.adam(1e-2)))
+    state = step.init(init_params(jax.random.key(0)), jax.random.key(1),
+                      {"calls": jnp.zeros([], jnp.int32)})
+    state, _ = step(state, batch_at(0))
+    before = jax.tree.map(np.asarray, state.params)
+    x, y = batch_at(1)
+    x = x.copy()
+    x[0, 0] = 1e3
+    state, metrics = step(state, (x, y))
+    assert not bool(metrics["finite"])
+    np.testing.assert_array_equal(state.params["w"], before["w"])
+    assert int(state.model_state["calls"]) == 1 and int(state.step) == 2
+    state, metrics = step(state, batch_at(2))
+    assert bool(metrics["finite"]) and not np.array_equal(state.params["w"], before["w"])
+
+
+def test_reduce_on_plateau_is_fed_the_loss():
+    # A loss that never improves: the plateau halves the rate after `patience` steps.
+    def flat(params, model_state, batch, key):
+        return 0.0 * jnp.sum(params["w"]) + 1.0, (model_state, {})
+
+    tx = jt.chain(jt.adam(1e-2), jt.reduce_on_plateau(factor=0.5, patience=2))
+    step = train.make_step(flat, tx)
+    state = step.init(init_params(jax.random.key(0)), jax.random.key(1))
+    rates = []
+    for t in range(5):
+        state, metrics = step(state, batch_at(t))
+        rates.append(float(metrics["learning_rate"]))
+    np.testing.assert_allclose(rates, [1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3], rtol=1e-6)
+
+
 # ----------------------------------------------------------------- bad input
 
 
