@@ -9,24 +9,33 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 SEED = 0
 
 
-def make_params(key: jax.Array, dtype=jnp.float32) -> dict:
-    """A random tree of 7 leaves: nested dict and list, a scalar, a 3-D and a 4-D tensor."""
-    shapes = {
-        "dense": {"w": (4, 3), "b": (3,)},
-        "blocks": [{"kernel": (2, 3, 4)}, (5,)],
-        "scale": (),
-        "conv": (3, 3, 2, 4),
-        "row": (1, 6),
-    }
-    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda s: isinstance(s, tuple))
-    keys = jax.random.split(key, len(leaves))
-    arrays = [jax.random.normal(k, s, jnp.float32).astype(dtype) for k, s in zip(keys, leaves)]
-    return jax.tree.unflatten(treedef, arrays)
+SHAPES = {
+    "dense": {"w": (4, 3), "b": (3,)},
+    "blocks": [{"kernel": (2, 3, 4)}, (5,)],
+    "scale": (),
+    "conv": (3, 3, 2, 4),
+    "row": (1, 6),
+}
+
+
+def _shapes():
+    return jax.tree.flatten(SHAPES, is_leaf=lambda s: isinstance(s, tuple))
+
+
+def make_params(seed: int = SEED, dtype=jnp.float32) -> dict:
+    """A random tree of 7 leaves: nested dict and list, a 0-d scalar, a 3-D and a 4-D
+    tensor. Drawn with NumPy: test data needs no compilation."""
+    rng = np.random.default_rng(seed)
+    shapes, treedef = _shapes()
+    return jax.tree.unflatten(
+        treedef, [jnp.asarray(rng.standard_normal(s), jnp.float32).astype(dtype) for s in shapes]
+    )
 
 
 def loss(params: dict) -> jax.Array:
@@ -39,20 +48,19 @@ def loss(params: dict) -> jax.Array:
     return total
 
 
-def noise_sequence(params: dict, steps: int, seed: int = SEED + 1):
+def noise_sequence(params: dict, steps: int, seed: int = SEED + 1) -> dict:
     """Seeded gradient noise for ``steps`` updates: each leaf gets a leading step axis."""
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(treedef, [
-        jax.random.normal(k, (steps, *jnp.shape(p)), jnp.float32).astype(p.dtype)
-        for k, p in zip(keys, leaves)
-    ])
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda p: jnp.asarray(rng.standard_normal((steps, *jnp.shape(p))), jnp.float32)
+        .astype(p.dtype), params)
 
 
+@jax.jit
 def grad_fn(params: dict, noise: dict | None = None) -> dict:
     """The gradient of :func:`loss` (plus ``noise``, one step of :func:`noise_sequence`),
-    in each parameter's dtype. The noise is generated outside any scan: random bits
-    inside a scanned step would make every compilation several times slower."""
+    in each parameter's dtype. The noise is drawn ahead of time, so a scanned step
+    holds no random-number generation (which would make every compilation slower)."""
     grads = jax.grad(loss)(params)
     if noise is None:
         return grads
@@ -61,12 +69,12 @@ def grad_fn(params: dict, noise: dict | None = None) -> dict:
 
 @pytest.fixture
 def params() -> dict:
-    return make_params(jax.random.key(SEED))
+    return make_params(SEED)
 
 
 @pytest.fixture
 def params_bf16() -> dict:
-    return make_params(jax.random.key(SEED), jnp.bfloat16)
+    return make_params(SEED, jnp.bfloat16)
 
 
 @pytest.fixture

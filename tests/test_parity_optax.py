@@ -43,7 +43,7 @@ def _both(jt_factory, optax_factory, params, noise):
 
 def run_both(case, dtype):
     _, jt_factory, optax_factory = case
-    params = make_params(jax.random.key(0), dtype)
+    params = make_params(0, dtype)
     return (params, *_both(jt_factory, optax_factory, params, noise_sequence(params, STEPS)))
 
 
