@@ -161,3 +161,16 @@ BAD = [
 def test_bad_input_raises_clear_error(kw, match):
     with pytest.raises(ValueError, match=match):
         jt.reduce_on_plateau(**kw)
+
+
+def test_vmap_over_stacked_factors_equals_separate_runs():
+    values = _losses(120)
+    factors = (0.1, 0.5)
+    stacked = jax.tree.map(lambda *x: jnp.stack([jnp.asarray(v) for v in x]),
+                           *[jt.reduce_on_plateau(factor=f, patience=3) for f in factors])
+    swept = jax.jit(jax.vmap(lambda tx: _run(tx, values)[1].scale))(stacked)
+    for i, f in enumerate(factors):
+        np.testing.assert_allclose(
+            swept[i], _run(jt.reduce_on_plateau(factor=f, patience=3), values)[1].scale,
+            rtol=1e-6)
+    assert jax.eval_shape(jt.reduce_on_plateau().init, PARAMS).count.dtype == jnp.int32

@@ -256,3 +256,18 @@ def test_accumulate_structure_mismatch_names_the_path():
     grads = {**PARAMS, "extra": jnp.ones(2)}
     with pytest.raises(ValueError, match=r"accumulate.update: .*\['extra'\]"):
         tx.update(grads, state, PARAMS)
+
+
+@pytest.mark.parametrize("name, make", RETARGET, ids=[r[0] for r in RETARGET])
+def test_bf16_params_stay_bf16(name, make):
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), PARAMS)
+    tx = make(1e-2)
+    state = tx.init(params)
+    grads = jax.tree.map(lambda p: (0.5 * p).astype(jnp.bfloat16), params)
+    for _ in range(2):  # two steps: the state's dtypes must survive a round trip
+        updates, new_state = _update(tx, grads, state, params)
+        assert jax.tree.map(jnp.result_type, new_state) == jax.tree.map(jnp.result_type, state)
+        state = new_state
+    assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
+    new_params = jt.apply_updates(params, updates)
+    assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(new_params))
