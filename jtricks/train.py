@@ -528,7 +528,9 @@ _jit_epoch = jax.jit(_epoch, static_argnames=("loss_fn", "eval_fn", "batch_size"
 def fit(step: Step, state: TrainState, train_data: PyTree, *, batch_size: int, epochs: int,
         key: jax.Array, eval_data: PyTree = None, eval_fn: Callable | None = None,
         early_stopping: EarlyStopping | None = None, monitor: str = "loss",
-        progress: bool = False) -> tuple[TrainState, dict]:
+        progress: bool = False,
+        callback: Callable[[int, TrainState, dict], Any] | None = None,
+        ) -> tuple[TrainState, dict]:
     """Trains for up to ``epochs`` epochs, each epoch one compiled program on device.
 
     Each epoch: the examples are permuted with ``fold_in(key, state.step)`` (on
@@ -554,6 +556,13 @@ def fit(step: Step, state: TrainState, train_data: PyTree, *, batch_size: int, e
         monitor: the metric early stopping watches: a key of ``eval_fn``'s dict, or of
             the training metrics (epoch means) when there is no ``eval_fn``.
         progress: show a tqdm progress bar (``pip install tqdm``).
+        callback: called after each epoch as ``callback(epoch, state, metrics)`` with
+            the 0-based epoch and ``metrics = {"train": ..., "eval": ...}`` (device
+            scalars), e.g. to save a checkpoint every few epochs. It waits for the
+            epoch to finish; do not keep ``state`` (the next epoch consumes it).
+            Resuming ``fit`` from a checkpoint saved there repeats the same shuffles
+            and dropout masks (both are keyed by ``state.step``); the early-stopping
+            counters start afresh.
 
     Returns:
         ``(state, history)``. With ``early_stopping.restore_best`` the returned
@@ -614,7 +623,7 @@ def fit(step: Step, state: TrainState, train_data: PyTree, *, batch_size: int, e
 
     train_hist, eval_hist, stopped = [], [], False
     try:
-        for _ in range(epochs):
+        for epoch in range(epochs):
             state, es_state, train, evaluated = _jit_epoch(
                 state, es_state, train_data, eval_data, key, step.tx, step.averaging, es,
                 loss_fn=step.loss_fn, eval_fn=eval_fn, batch_size=int(batch_size),
@@ -626,6 +635,8 @@ def fit(step: Step, state: TrainState, train_data: PyTree, *, batch_size: int, e
                 shown.update({f"eval_{k}": float(v) for k, v in evaluated.items()})
                 bar.set_postfix(shown, refresh=False)
                 bar.update(1)
+            if callback is not None:
+                callback(epoch, state, {"train": train, "eval": evaluated})
             if es is not None and bool(es_state.stop):
                 stopped = True
                 break

@@ -124,8 +124,8 @@ def test_make_step_keeps_the_average_of_its_params(avg):
 def test_ensemble_of_n_equals_n_separate_trainings():
     step = jt.train.make_step(loss_fn, jt.adam(1e-2))
     keys = jax.random.split(jax.random.key(5), 3)
-    make = lambda k: step.init(init_params(k), k)
-    states = jax.vmap(make)(keys)
+    make = jax.jit(lambda k: step.init(init_params(k), k))
+    states = jax.jit(jax.vmap(make))(keys)
     ens = averaging.ensemble_step(step)
     data = batches(5)
     for b in data:
@@ -149,12 +149,12 @@ def test_ensemble_of_n_equals_n_separate_trainings():
 def test_ensemble_with_one_batch_per_member():
     step = jt.train.make_step(loss_fn, jt.adam(1e-2))
     keys = jax.random.split(jax.random.key(2), 2)
-    states = jax.vmap(lambda k: step.init(init_params(k), k))(keys)
+    make = jax.jit(lambda k: step.init(init_params(k), k))
+    states = jax.jit(jax.vmap(make))(keys)
     b0, b1 = batches(2, seed=3)
     stacked = jax.tree.map(lambda a, b: np.stack([a, b]), b0, b1)
     states, _ = averaging.ensemble_step(step, batch_axis=0)(states, stacked)
-    single = step.init(init_params(keys[1]), keys[1])
-    single, _ = step(single, b1)
+    single, _ = step(make(keys[1]), b1)
     np.testing.assert_allclose(states.params["w"][1], single.params["w"], rtol=1e-5, atol=1e-6)
 
 

@@ -278,3 +278,25 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path, run_module):
     resumed = restore(tmp_path, fresh)
     assert int(resumed.step) == K - 1
     same_bits(mod.run(step, resumed, 2 * K), straight)
+
+
+def test_fit_resumed_from_an_epoch_checkpoint_is_bit_identical(tmp_path, run_module):
+    _, mod, _ = run_module
+    x = np.asarray(jax.random.normal(jax.random.key(2), (48, 3)))
+    data = (x, np.sin(x[:, :1]) + x[:, 1:2])
+    key = jax.random.key(8)
+
+    def fit(state, epochs, callback=None):
+        return jt.train.fit(step, state, data, batch_size=16, epochs=epochs, key=key,
+                            callback=callback)
+
+    step, state = mod.build()
+    straight, _ = fit(state, 4)
+    step, state = mod.build()
+    saved = []
+    fit(state, 2, callback=lambda e, s, m: saved.append(save(tmp_path, s)))
+    assert [os.path.basename(p) for p in saved] == ["ckpt_000000003.npz",
+                                                    "ckpt_000000006.npz"]
+    step, fresh = mod.build()
+    resumed, _ = fit(restore(tmp_path, fresh), 2)
+    same_bits(resumed, straight)
