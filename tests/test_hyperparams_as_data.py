@@ -1,0 +1,153 @@
+"""Hyperparameters are data: changing one never recompiles, stacking them is a sweep.
+
+Every row of the transform table (conftest.py) runs inside ``jax.jit`` (taking the
+transform as an argument), ``lax.scan``, ``jax.vmap`` over a stacked transform, and
+``jax.eval_shape(tx.init, params)``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import grad_fn, noise_sequence
+
+import jtricks as jt
+
+STEPS = 3
+
+
+def make_runner():
+    """A jitted ``run(tx, params, noise)``: STEPS updates in a ``lax.scan``, with a
+    counter of how many times JAX traced it."""
+    traces = []
+
+    @jax.jit
+    def run(tx, params, noise):
+        traces.append(1)
+
+        def body(carry, n):
+            p, s = carry
+            u, s = tx.update(grad_fn(p, n), s, p)
+            return (jt.apply_updates(p, u), s), None
+
+        (params, state), _ = jax.lax.scan(body, (params, tx.init(params)), noise)
+        return params, state
+
+    return run, traces
+
+
+def halved(tx):
+    """The same transform with every numeric hyperparameter halved (still valid:
+    rates stay in [0, 1), thresholds and eps stay positive)."""
+    return jax.tree.map(lambda x: 0.5 * x, tx)
+
+
+def test_every_transform_under_jit_scan_vmap_and_eval_shape(case, params):
+    name, factory, _ = case
+    tx, other = factory(), halved(factory())
+    noise = noise_sequence(params, STEPS)
+    run, traces = make_runner()
+
+    a, state_a = run(tx, params, noise)
+    b, _ = run(other, params, noise)
+    assert len(traces) == 1, f"{name}: a new hyperparameter value retraced the step"
+    assert jax.tree.map(lambda x: x.dtype, a) == jax.tree.map(lambda x: x.dtype, params)
+
+    shapes = jax.eval_shape(tx.init, params)
+    assert jax.tree.structure(shapes) == jax.tree.structure(tx.init(params))
+    for s, x in zip(jax.tree.leaves(shapes), jax.tree.leaves(state_a)):
+        assert (s.shape, s.dtype) == (x.shape, x.dtype)
+
+    if not jax.tree.leaves(tx):
+        return  # e.g. a learning rate given as a plain function: nothing to stack
+    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    stacked = jax.tree.map(lambda x, y: jnp.stack([jnp.asarray(x), jnp.asarray(y)]), tx, other)
+    swept, _ = jax.vmap(run, in_axes=(0, None, None))(stacked, params, noise)
+    for s, x, y in zip(jax.tree.leaves(swept), jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(s[0], x, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(s[1], y, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_step_compiles_once_for_two_learning_rates(params, grads):
+    traces = []
+
+    @jax.jit
+    def step(tx, params, state, grads):
+        traces.append(1)
+        updates, state = tx.update(grads, state, params)
+        return jt.apply_updates(params, updates), state
+
+    slow, fast = jt.adam(3e-4), jt.adam(1e-3)
+    p_slow, _ = step(slow, params, slow.init(params), grads)
+    p_fast, _ = step(fast, params, fast.init(params), grads)
+    assert len(traces) == 1
+    # Adam's first step moves every coordinate by about the learning rate.
+    np.testing.assert_allclose(params["conv"] - p_slow["conv"],
+                               3e-4 * jnp.sign(grads["conv"]), rtol=1e-3)
+    np.testing.assert_allclose(params["conv"] - p_fast["conv"],
+                               1e-3 * jnp.sign(grads["conv"]), rtol=1e-3)
+
+
+@pytest.mark.parametrize("optimizer", [jt.sgd, jt.adam, jt.rmsprop, jt.adagrad])
+def test_vmap_over_a_stacked_learning_rate_equals_separate_runs(optimizer, params):
+    rates = [0.3, 0.1, 0.01]
+    noise = noise_sequence(params, STEPS)
+    run, _ = make_runner()
+    sweep = optimizer(jnp.asarray(rates))
+    # Map over the stacked leaf only; the other hyperparameters are shared scalars.
+    axes = jax.tree.map(lambda x: 0 if jnp.ndim(x) else None, sweep)
+    swept, _ = jax.vmap(run, in_axes=(axes, None, None))(sweep, params, noise)
+    for i, lr in enumerate(rates):
+        alone, _ = run(optimizer(lr), params, noise)
+        for s, x in zip(jax.tree.leaves(swept), jax.tree.leaves(alone)):
+            np.testing.assert_allclose(s[i], x, rtol=1e-5, atol=1e-6)
+
+
+def test_python_float_hyperparameters_keep_bf16_through_jit(params_bf16):
+    # Python floats become weakly typed tracers: bf16 updates and state stay bf16.
+    run, _ = make_runner()
+    noise = noise_sequence(params_bf16, STEPS)
+    for tx in (jt.sgd(0.1, momentum=0.9), jt.rmsprop(0.01, centered=True), jt.adam(1e-3)):
+        out, state = run(tx, params_bf16, noise)
+        assert {x.dtype for x in jax.tree.leaves(out)} == {jnp.dtype(jnp.bfloat16)}
+        assert {x.dtype for x in jax.tree.leaves(state)} <= {jnp.dtype(jnp.bfloat16),
+                                                              jnp.dtype(jnp.int32)}
+
+
+# Each scheduled hyperparameter: update k must use its value at k (0-based), i.e. equal
+# the same transform built with that constant, applied to the same state.
+SCHEDULED = [
+    ("trace.decay", lambda h: jt.trace(h, nesterov=True)),
+    ("scale_by_rms.decay", lambda h: jt.scale_by_rms(h)),
+    ("scale_by_rms.eps", lambda h: jt.scale_by_rms(0.9, eps=h)),
+    ("scale_by_adagrad.eps", lambda h: jt.scale_by_adagrad(eps=h)),
+    ("scale_by_adam.b1", lambda h: jt.scale_by_adam(b1=h)),
+    ("sgd.momentum", lambda h: jt.sgd(0.1, momentum=h)),
+    ("sgd.learning_rate", lambda h: jt.sgd(h, momentum=0.9)),
+]
+
+
+@pytest.mark.parametrize("build", [b for _, b in SCHEDULED], ids=[n for n, _ in SCHEDULED])
+def test_update_k_uses_the_schedule_value_at_k(build, params):
+    schedule = jt.schedules.linear(0.8, 0.2, 3)  # 0.8, 0.6, 0.4, 0.2, 0.2
+    scheduled = build(schedule)
+    noise = noise_sequence(params, 5)
+
+    @jax.jit
+    def both(scheduled, constant, state, n):
+        g = grad_fn(params, n)
+        return scheduled.update(g, state, params), constant.update(g, state, params)[0]
+
+    state = scheduled.init(params)
+    for k in range(5):
+        constant = build(float(schedule(k)))
+        (u, new_state), expected = both(scheduled, constant,
+                                        state, jax.tree.map(lambda x, k=k: x[k], noise))
+        for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(expected)):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+        state = new_state
+    has_count = lambda s: "count" in getattr(s, "_fields", ())  # a NamedTuple state
+    counts = [s.count for s in jax.tree.leaves(state, is_leaf=has_count) if has_count(s)]
+    assert counts and all(int(c) == 5 for c in counts)
