@@ -128,21 +128,6 @@ def test_structure_is_static_constants_are_leaves():
     assert s != S.exponential_decay(0.2, 0.9, 10, staircase=True, end_value=0.01)
 
 
-def test_schedule_drives_an_optimizer_like_optax():
-    params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.ones(3)}
-    ours = jt.sgd(S.warmup_cosine_decay(0.0, 0.1, 5, 30), momentum=0.9)
-    theirs = optax.sgd(optax.warmup_cosine_decay_schedule(0.0, 0.1, 5, 30), momentum=0.9)
-    po, pt, so, st = params, params, ours.init(params), theirs.init(params)
-    for _ in range(30):
-        grads = jax.tree.map(lambda p: 2 * p + 0.1, po)
-        u, so = ours.update(grads, so, po)
-        po = jt.apply_updates(po, u)
-        grads = jax.tree.map(lambda p: 2 * p + 0.1, pt)
-        u, st = theirs.update(grads, st, pt)
-        pt = optax.apply_updates(pt, u)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), po, pt)
-
-
 BAD = [
     (lambda: S.exponential_decay(0.1, 0.98, 0), ValueError, r"transition_steps must be > 0"),
     (lambda: S.exponential_decay(0.1, 0.98, -5), ValueError, r"transition_steps.*-5"),

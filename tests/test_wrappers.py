@@ -94,8 +94,6 @@ PARITY = [
     ("accumulate", jt.accumulate(jt.adam(0.05), 3), optax.MultiSteps(optax.adam(0.05), 3), ()),
     ("accumulate_momentum", jt.accumulate(jt.sgd(0.1, momentum=0.9), 4),
      optax.MultiSteps(optax.sgd(0.1, momentum=0.9), 4), ()),
-    ("accumulate_1", jt.accumulate(jt.adam(0.05), 1), optax.MultiSteps(optax.adam(0.05), 1),
-     ()),
 ]
 
 
