@@ -129,6 +129,10 @@ class ReduceOnPlateau(Transform):
         return updates, new_state
 
 
+def _integer_at_least(low: int):
+    return lambda x: (x >= low) & (x == np.floor(x))
+
+
 def reduce_on_plateau(factor: ArrayLike = 0.1, patience: ArrayLike = 10, mode: str = "min",
                       min_delta: ArrayLike = 0.0, rtol: ArrayLike = 1e-4,
                       cooldown: ArrayLike = 0, min_scale: ArrayLike = 0.0,
@@ -182,11 +186,11 @@ def reduce_on_plateau(factor: ArrayLike = 0.1, patience: ArrayLike = 10, mode: s
     hp.check_range(where, "factor", factor, low=0.0, high=1.0, low_open=True,
                    high_open=True, fix="It multiplies the scale at each reduction, "
                    "e.g. 0.1 or 0.5.")
-    integer = lambda low: (lambda x: (x >= low) & (x == np.floor(x)))
-    hp.check(where, "patience", patience, integer(1), "an integer >= 1",
+    hp.check(where, "patience", patience, _integer_at_least(1), "an integer >= 1",
              "It is the number of windows without improvement before a reduction.")
-    hp.check(where, "cooldown", cooldown, integer(0), "an integer >= 0")
-    hp.check(where, "accumulation_size", accumulation_size, integer(1), "an integer >= 1",
+    hp.check(where, "cooldown", cooldown, _integer_at_least(0), "an integer >= 0")
+    hp.check(where, "accumulation_size", accumulation_size, _integer_at_least(1),
+             "an integer >= 1",
              "Use 1 to act on every value, or the number of steps per evaluation.")
     hp.check_range(where, "min_delta", min_delta, low=0.0,
                    fix="It is the absolute improvement that counts (optax's atol).")
