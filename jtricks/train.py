@@ -484,7 +484,22 @@ def _num_examples(data: PyTree, where: str) -> int:
 def _epoch(state: TrainState, es_state: Any, train_data: PyTree, eval_data: PyTree,
            key: jax.Array, tx: Transform, averaging: Any, es: Any, *, loss_fn: Callable,
            eval_fn: Callable | None, batch_size: int, monitor: str | None):
-    """One epoch on device: shuffle, scan the steps, evaluate, early-stopping update."""
+    """One epoch on device: ``(state, es_state, train_metrics, eval_metrics, stop)``.
+
+    ``stop`` is a separate copy of the early-stopping flag, so the host can read it
+    after ``es_state`` was donated to the next epoch.
+    """
+    state, es_state, train, evaluated = _run_epoch(
+        state, es_state, train_data, eval_data, key, tx, averaging, es, loss_fn=loss_fn,
+        eval_fn=eval_fn, batch_size=batch_size, monitor=monitor)
+    stop = jnp.copy(es_state.stop) if es is not None else jnp.asarray(False)
+    return state, es_state, train, evaluated, stop
+
+
+def _run_epoch(state: TrainState, es_state: Any, train_data: PyTree, eval_data: PyTree,
+               key: jax.Array, tx: Transform, averaging: Any, es: Any, *, loss_fn: Callable,
+               eval_fn: Callable | None, batch_size: int, monitor: str | None):
+    """Shuffle, scan the steps, evaluate, update early stopping."""
     n = jax.tree.leaves(train_data)[0].shape[0]
     num_batches = n // batch_size
     perm = jax.random.permutation(jax.random.fold_in(key, state.step), n)
@@ -521,8 +536,12 @@ def _epoch(state: TrainState, es_state: Any, train_data: PyTree, eval_data: PyTr
     return state, es_state, train, evaluated
 
 
-_jit_epoch = jax.jit(_epoch, static_argnames=("loss_fn", "eval_fn", "batch_size", "monitor"),
-                     donate_argnums=(0, 1))
+_EPOCH_STATIC = ("loss_fn", "eval_fn", "batch_size", "monitor")
+_jit_epoch = jax.jit(_epoch, static_argnames=_EPOCH_STATIC, donate_argnums=(0, 1))
+# With early stopping the state is not donated: epoch e + 1 is queued before epoch e's
+# stop flag is read, and if it is set, epoch e's state is the one returned. (Once
+# stopped, the early-stopping state is frozen, so it can still be donated.)
+_jit_epoch_keep = jax.jit(_epoch, static_argnames=_EPOCH_STATIC, donate_argnums=(1,))
 
 
 def fit(step: Step, state: TrainState, train_data: PyTree, *, batch_size: int, epochs: int,
@@ -622,24 +641,45 @@ def fit(step: Step, state: TrainState, train_data: PyTree, *, batch_size: int, e
         bar = tqdm(total=epochs, unit="epoch")
 
     train_hist, eval_hist, stopped = [], [], False
+
+    def finish(epoch, train, evaluated, stop):
+        """Host-side bookkeeping of a finished epoch; True when training must stop."""
+        train_hist.append(train)
+        eval_hist.append(evaluated)
+        if bar is not None:
+            loss, evaluated = jax.device_get((train["loss"], evaluated))  # one transfer
+            shown = {"loss": float(loss), **{f"eval_{k}": float(v) for k, v in
+                                             evaluated.items()}}
+            bar.set_postfix(shown, refresh=False)
+            bar.update(1)
+        return es is not None and bool(stop)
+
+    # Without a callback, epoch e + 1 is queued before epoch e's results are read, so
+    # the device never waits for Python; if epoch e said stop, epoch e + 1's result
+    # is dropped and epoch e's state returned.
+    run_epoch = _jit_epoch if es is None or callback is not None else _jit_epoch_keep
+    pending = None
     try:
         for epoch in range(epochs):
-            state, es_state, train, evaluated = _jit_epoch(
-                state, es_state, train_data, eval_data, key, step.tx, step.averaging, es,
+            previous = state
+            state, es_state, train, evaluated, stop = run_epoch(
+                previous, es_state, train_data, eval_data, key, step.tx, step.averaging, es,
                 loss_fn=step.loss_fn, eval_fn=eval_fn, batch_size=int(batch_size),
                 monitor=monitor if es is not None else None)
-            train_hist.append(train)
-            eval_hist.append(evaluated)
-            if bar is not None:
-                shown = {"loss": float(train["loss"])}
-                shown.update({f"eval_{k}": float(v) for k, v in evaluated.items()})
-                bar.set_postfix(shown, refresh=False)
-                bar.update(1)
             if callback is not None:
+                if finish(epoch, train, evaluated, stop):
+                    stopped = True
                 callback(epoch, state, {"train": train, "eval": evaluated})
-            if es is not None and bool(es_state.stop):
-                stopped = True
+                if stopped:
+                    break
+                continue
+            if pending is not None and finish(*pending):
+                stopped, state = True, previous
                 break
+            pending = (epoch, train, evaluated, stop)
+        else:
+            if pending is not None and finish(*pending):
+                stopped = True
     finally:
         if bar is not None:
             bar.close()
