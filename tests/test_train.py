@@ -290,19 +290,27 @@ def scripted_eval(params, model_state, scripted):
     return {"score": scripted[model_state["calls"] // 2 - 1]}
 
 
-@pytest.mark.parametrize("mode,scores,best,last", [
-    ("min", [5.0, 4.0, 3.0, 3.5, 2.9, 3.1, 3.2, 3.0, 1.0], 4, 7),
-    ("max", [0.1, 0.5, 0.4, 0.6, 0.6, 0.55, 0.9, 0.2, 0.1, 0.3], 6, 9),
+@pytest.mark.parametrize("mode,scores,best,last,with_callback", [
+    ("min", [5.0, 4.0, 3.0, 3.5, 2.9, 3.1, 3.2, 3.0, 1.0], 4, 7, False),
+    ("max", [0.1, 0.5, 0.4, 0.6, 0.6, 0.55, 0.9, 0.2, 0.1, 0.3], 6, 9, False),
+    ("max", [0.1, 0.5, 0.4, 0.6, 0.6, 0.55, 0.9, 0.2, 0.1, 0.3], 6, 9, True),
 ])
-def test_fit_stops_at_the_right_epoch_and_restores_best(mode, scores, best, last):
+def test_fit_stops_at_the_right_epoch_and_restores_best(mode, scores, best, last,
+                                                        with_callback):
     x, y = data()
     key = jax.random.key(2)
     es = train.EarlyStopping(patience=3, mode=mode)
     step, state = fresh()
+    seen = []
+    callback = (lambda e, s, m: seen.append((e, int(s.step), float(m["eval"]["score"])))
+                if with_callback else None)
     state, hist = train.fit(step, state, (x, y), batch_size=16, epochs=20, key=key,
                             eval_data=jnp.asarray(scores), eval_fn=scripted_eval,
-                            early_stopping=es, monitor="score", progress=True)
+                            early_stopping=es, monitor="score", progress=True,
+                            callback=callback)
     assert hist["stopped"] and hist["epochs"] == last + 1 and hist["best_epoch"] == best
+    if with_callback:
+        assert seen == [(e, 2 * (e + 1), np.float32(scores[e])) for e in range(last + 1)]
     np.testing.assert_allclose(hist["eval"]["score"], scores[:last + 1])
     assert int(state.step) == 2 * (last + 1)  # step and opt_state stay the last ones
     # The returned params are those after epoch `best`: replay that many epochs.
