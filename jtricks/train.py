@@ -23,6 +23,20 @@ The one loss signature used everywhere::
 ``loss`` is a scalar; ``model_state`` is returned unchanged by models without
 state; ``metrics`` is a dict of scalars (``{}`` for none) that ends up in the
 step's metrics and in the history of :func:`fit`.
+
+Example::
+
+    step = jt.train.make_step(loss_fn, jt.adam(1e-3), averaging=jt.averaging.ema(0.99))
+    state = step.init(params, jax.random.key(0), model_state)
+    state, metrics = step(state, batch)                 # one step, or a whole run:
+    state, history = jt.train.fit(step, state, (x, y), batch_size=128, epochs=50,
+                                  key=jax.random.key(1), eval_data=(xv, yv),
+                                  eval_fn=evaluate, monitor="accuracy",
+                                  early_stopping=jt.train.EarlyStopping(5, mode="max"))
+    jt.train.save("checkpoints", state, keep=3)
+    state = jt.train.restore("checkpoints", like=step.init(params, key, model_state))
+
+Checkpoints (:func:`save`, :func:`restore`) are described in :mod:`jtricks.checkpoint`.
 """
 
 from __future__ import annotations
@@ -277,12 +291,12 @@ class Step:
             raise _batch_mismatch(where, self._first_batch, batch)
 
     def __call__(self, state: TrainState, batch: PyTree) -> tuple[TrainState, dict]:
-        self.check_batch(batch)
         if not isinstance(state, TrainState):
             raise TypeError(
                 f"step: state must be a jt.train.TrainState (from step.init), got "
                 f"{type(state).__name__}."
             )
+        self.check_batch(batch)
         return _jit_step(state, batch, self.tx, self.averaging, loss_fn=self.loss_fn)
 
     def eval_params(self, state: TrainState) -> PyTree:
