@@ -124,15 +124,17 @@ def test_make_step_keeps_the_average_of_its_params(avg):
 def test_ensemble_of_n_equals_n_separate_trainings():
     step = jt.train.make_step(loss_fn, jt.adam(1e-2))
     keys = jax.random.split(jax.random.key(5), 3)
-    make = jax.jit(lambda k: step.init(init_params(k), k))
-    states = jax.jit(jax.vmap(make))(keys)
+    states = jax.jit(jax.vmap(lambda k: step.init(init_params(k), k)))(keys)
+    # Member i starts exactly where a separate run from key i starts.
+    singles = [jax.tree.map(lambda a, i=i: a[i], states) for i in range(3)]
+    for k, single in zip(keys, singles):
+        np.testing.assert_array_equal(single.params["w"], init_params(k)["w"])
     ens = averaging.ensemble_step(step)
     data = batches(5)
     for b in data:
         states, metrics = ens(states, b)
     assert metrics["loss"].shape == (3,)
-    for i, k in enumerate(keys):
-        single = make(k)
+    for i, single in enumerate(singles):
         for b in data:
             single, _ = step(single, b)
         for name in ("w", "v"):
@@ -149,12 +151,12 @@ def test_ensemble_of_n_equals_n_separate_trainings():
 def test_ensemble_with_one_batch_per_member():
     step = jt.train.make_step(loss_fn, jt.adam(1e-2))
     keys = jax.random.split(jax.random.key(2), 2)
-    make = jax.jit(lambda k: step.init(init_params(k), k))
-    states = jax.jit(jax.vmap(make))(keys)
+    states = jax.jit(jax.vmap(lambda k: step.init(init_params(k), k)))(keys)
+    single = jax.tree.map(lambda a: a[1], states)
     b0, b1 = batches(2, seed=3)
     stacked = jax.tree.map(lambda a, b: np.stack([a, b]), b0, b1)
     states, _ = averaging.ensemble_step(step, batch_axis=0)(states, stacked)
-    single, _ = step(make(keys[1]), b1)
+    single, _ = step(single, b1)
     np.testing.assert_allclose(states.params["w"][1], single.params["w"], rtol=1e-5, atol=1e-6)
 
 
