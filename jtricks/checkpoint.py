@@ -106,6 +106,7 @@ def _write_atomic(target: str, members: list[tuple[str, bytes]]) -> None:
     directory = os.path.dirname(os.path.abspath(target))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=_TMP_PREFIX, suffix=".npz")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the checkpoint private
         with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
                 for name, data in members:
@@ -163,7 +164,7 @@ def save(path: str | os.PathLike, tree: PyTree, *, step: int | None = None,
             ones are deleted after the new one is safely in place).
 
     Example:
-        >>> jt.train.save("checkpoints", state, keep=3)   # checkpoints/ckpt_000120.npz
+        >>> jt.train.save("checkpoints", state, keep=3)  # checkpoints/ckpt_000000120.npz
         >>> state = jt.train.restore("checkpoints", like=state)
     """
     path = os.fspath(path)
