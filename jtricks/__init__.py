@@ -63,5 +63,7 @@ from jtricks.transforms.wrappers import (
 from jtricks import averaging, train
 
 # --- speed: flatten -----------------------------------------------------------------
+# isort: split
+from jtricks.transforms.flatten import Flatten, flatten
 
 __version__ = "0.1.0"
