@@ -57,6 +57,9 @@ from jtricks.transforms.wrappers import (
 )
 
 # --- init, layers, data, regularization, diagnostics, monitor ----------------------
+# isort: split
+from jtricks import data, diagnostics, init, layers, regularization
+from jtricks.transforms.monitor import MonitorState, monitor
 
 # --- training, averaging, checkpoints ----------------------------------------------
 # isort: split
