@@ -14,6 +14,12 @@ import pytest
 
 SEED = 0
 
+# The table tests compile one small program per transform and dtype; LLVM's backend
+# optimisations dominate their compile time and buy nothing on arrays this small.
+# Both libraries of a comparison are compiled alike; XLA's graph-level passes
+# (fusion, simplification) still run.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
 
 SHAPES = {
     "dense": {"w": (4, 3), "b": (3,)},

@@ -2,38 +2,48 @@
 
 Every row of the transform table (conftest.py) runs inside ``jax.jit`` (taking the
 transform as an argument), ``lax.scan``, ``jax.vmap`` over a stacked transform, and
-``jax.eval_shape(tx.init, params)``.
+``jax.eval_shape(tx.init, params)``. The whole table goes through each of these as one
+program (a dict of transforms is a pytree too), so each row costs no compilation.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import grad_fn, noise_sequence
+from conftest import CASES, FAST_COMPILE, grad_fn, make_params, noise_sequence
 
 import jtricks as jt
 
 STEPS = 3
 
 
+def _scan(tx, params, noise):
+    def body(carry, n):
+        p, s = carry
+        u, s = tx.update(grad_fn(p, n), s, p)
+        return (jt.apply_updates(p, u), s), None
+
+    (params, state), _ = jax.lax.scan(body, (params, tx.init(params)), noise)
+    return params, state
+
+
 def make_runner():
-    """A jitted ``run(tx, params, noise)``: STEPS updates in a ``lax.scan``, with a
-    counter of how many times JAX traced it."""
+    """A jitted ``run(tx, params, noise)``: STEPS updates in a ``lax.scan`` (for a dict
+    of transforms, one scan each, in one program), with a counter of how many times
+    JAX traced it."""
     traces = []
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
     def run(tx, params, noise):
         traces.append(1)
-
-        def body(carry, n):
-            p, s = carry
-            u, s = tx.update(grad_fn(p, n), s, p)
-            return (jt.apply_updates(p, u), s), None
-
-        (params, state), _ = jax.lax.scan(body, (params, tx.init(params)), noise)
-        return params, state
+        if isinstance(tx, dict):
+            pairs = {name: _scan(t, params, noise) for name, t in tx.items()}
+            return ({n: p for n, (p, _) in pairs.items()}, {n: s for n, (_, s) in pairs.items()})
+        return _scan(tx, params, noise)
 
     return run, traces
 
@@ -44,27 +54,40 @@ def halved(tx):
     return jax.tree.map(lambda x: 0.5 * x, tx)
 
 
-def test_every_transform_under_jit_scan_vmap_and_eval_shape(case, params):
-    name, factory, _ = case
-    tx, other = factory(), halved(factory())
+@functools.cache
+def table_runs():
+    """The whole table at once (one compilation per JAX transformation, not per row):
+    the transforms, their halved twins, both run through the same jitted scan, the
+    stacked pair run through ``vmap`` of it, and the eval_shape of every init."""
+    params = make_params()
     noise = noise_sequence(params, STEPS)
+    txs = {name: factory() for name, factory, _ in CASES}
+    others = {name: halved(tx) for name, tx in txs.items()}
     run, traces = make_runner()
+    a = run(txs, params, noise)
+    b = run(others, params, noise)
+    stacked = jax.tree.map(lambda x, y: jnp.stack([jnp.asarray(x), jnp.asarray(y)]), txs, others)
+    swept = jax.vmap(run, in_axes=(0, None, None))(stacked, params, noise)
+    shapes = {name: jax.eval_shape(tx.init, params) for name, tx in txs.items()}
+    return params, txs, len(traces), a, b, swept, shapes
 
-    a, state_a = run(tx, params, noise)
-    b, _ = run(other, params, noise)
-    assert len(traces) == 1, f"{name}: a new hyperparameter value retraced the step"
+
+def test_every_transform_under_jit_scan_vmap_and_eval_shape(case):
+    name = case[0]
+    params, txs, n_traces, (a, state_a), (b, _), (swept, _), shapes = table_runs()
+    tx, a, b, state_a, swept = txs[name], a[name], b[name], state_a[name], swept[name]
+    # Halving every hyperparameter of every transform did not retrace the jitted step.
+    assert n_traces == 1
     assert jax.tree.map(lambda x: x.dtype, a) == jax.tree.map(lambda x: x.dtype, params)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(a))
 
-    shapes = jax.eval_shape(tx.init, params)
-    assert jax.tree.structure(shapes) == jax.tree.structure(tx.init(params))
-    for s, x in zip(jax.tree.leaves(shapes), jax.tree.leaves(state_a)):
+    assert jax.tree.structure(shapes[name]) == jax.tree.structure(state_a)
+    for s, x in zip(jax.tree.leaves(shapes[name]), jax.tree.leaves(state_a)):
         assert (s.shape, s.dtype) == (x.shape, x.dtype)
 
     if not jax.tree.leaves(tx):
-        return  # e.g. a learning rate given as a plain function: nothing to stack
+        return  # e.g. a learning rate given as a plain function: nothing to change
     assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-    stacked = jax.tree.map(lambda x, y: jnp.stack([jnp.asarray(x), jnp.asarray(y)]), tx, other)
-    swept, _ = jax.vmap(run, in_axes=(0, None, None))(stacked, params, noise)
     for s, x, y in zip(jax.tree.leaves(swept), jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(s[0], x, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(s[1], y, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from conftest import grad_fn, make_params, noise_sequence
+from conftest import CASES, FAST_COMPILE, grad_fn, make_params, noise_sequence
 
 import jtricks as jt
 
@@ -33,18 +33,28 @@ def _scan(tx, apply, params, noise):
     return traj, state
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _both(jt_factory, optax_factory, params, noise):
-    # One compilation per table row and dtype: both libraries in one program.
-    ours, state = _scan(jt_factory(), jt.apply_updates, params, noise)
-    theirs, _ = _scan(optax_factory(), optax.apply_updates, params, noise)
-    return ours, theirs, state
+@functools.cache
+def results(dtype_name: str):
+    """Every row of the table, both libraries, in ONE compiled program per dtype
+    (many small compilations cost several times more than one larger one)."""
+    params = make_params(0, jnp.dtype(dtype_name))
+    noise = noise_sequence(params, STEPS)
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def run_all(params, noise):
+        out = {}
+        for name, jt_factory, optax_factory in CASES:
+            ours, state = _scan(jt_factory(), jt.apply_updates, params, noise)
+            theirs, _ = _scan(optax_factory(), optax.apply_updates, params, noise)
+            out[name] = (ours, theirs, state)
+        return out
+
+    return params, run_all(params, noise)
 
 
 def run_both(case, dtype):
-    _, jt_factory, optax_factory = case
-    params = make_params(0, dtype)
-    return (params, *_both(jt_factory, optax_factory, params, noise_sequence(params, STEPS)))
+    params, out = results(jnp.dtype(dtype).name)
+    return (params, *out[case[0]])
 
 
 def _paths(tree):
