@@ -105,6 +105,12 @@ def test_transforms_from_python_numbers_are_equal_and_hash_alike():
     assert jt.sgd(0.1, momentum=0.9) != jt.sgd(0.1, momentum=0.9, nesterov=True)
     assert jt.rmsprop(0.1) != jt.rmsprop(0.1, centered=True)
     assert len({jt.adam(1e-3), jt.adam(1e-3), jt.sgd(0.1)}) == 2
+    # Static options such as a mask tree hash by value too (flax keeps `tx` static).
+    mask = {"w": True, "b": [False, True]}
+    assert hash(jt.adamw(1e-3, mask=mask)) == hash(jt.adamw(1e-3, mask=dict(mask)))
+    assert jt.adamw(1e-3, mask=mask) != jt.adamw(1e-3, mask={"w": True, "b": [True, True]})
+    agc = jt.adaptive_grad_clip
+    assert hash(agc(0.1, axis=[0, 1])) == hash(agc(0.1, axis=(0, 1)))
     # Arrays compare by identity, never by (ambiguous) value.
     lr = jnp.asarray(0.1)
     assert jt.sgd(lr) == jt.sgd(lr)

@@ -132,11 +132,13 @@ def test_python_float_hyperparameters_keep_bf16_through_jit(params_bf16):
     # Python floats become weakly typed tracers: bf16 updates and state stay bf16.
     run, _ = make_runner()
     noise = noise_sequence(params_bf16, STEPS)
-    for tx in (jt.sgd(0.1, momentum=0.9), jt.rmsprop(0.01, centered=True), jt.adam(1e-3)):
-        out, state = run(tx, params_bf16, noise)
-        assert {x.dtype for x in jax.tree.leaves(out)} == {jnp.dtype(jnp.bfloat16)}
-        assert {x.dtype for x in jax.tree.leaves(state)} <= {jnp.dtype(jnp.bfloat16),
-                                                              jnp.dtype(jnp.int32)}
+    txs = {"sgd": jt.sgd(0.1, momentum=0.9), "rmsprop": jt.rmsprop(0.01, centered=True),
+           "adagrad": jt.adagrad(0.1), "adamw": jt.adamw(1e-3)}
+    out, state = run(txs, params_bf16, noise)
+    for name in txs:
+        assert {x.dtype for x in jax.tree.leaves(out[name])} == {jnp.dtype(jnp.bfloat16)}
+        assert {x.dtype for x in jax.tree.leaves(state[name])} == {jnp.dtype(jnp.bfloat16),
+                                                                    jnp.dtype(jnp.int32)}
 
 
 # Each scheduled hyperparameter: update k must use its value at k (0-based), i.e. equal
