@@ -93,6 +93,24 @@ def test_inside_optax_chain_and_found_by_diagnostics():
                                np.linalg.norm(params["dense"]["w"]), rtol=1e-5)
 
 
+def test_state_can_be_donated():
+    # Every field has its own buffer, so a donated state does not alias itself.
+    params = make_params(3)
+    tx = jt.monitor(jt.sgd(0.1, momentum=0.9))
+
+    @jax.jit
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return jt.apply_updates(p, u), s
+
+    donated = jax.jit(step.__wrapped__, donate_argnums=(0, 1))
+    p, s = params, tx.init(params)
+    g = grad_fn(params)
+    p_ref, s_ref = step(params, tx.init(params), g)
+    p, s = donated(jax.tree.map(jnp.copy, p), s, g)
+    jax.tree.map(np.testing.assert_array_equal, (p, s), (p_ref, s_ref))
+
+
 def test_bad_state():
     tx = jt.monitor(jt.sgd(0.1))
     params = {"w": jnp.ones(3)}

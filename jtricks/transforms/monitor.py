@@ -61,13 +61,16 @@ class Monitor(Transform):
     inner: Transform
 
     def init(self, params):
-        zeros = jax.tree.map(lambda _: jnp.zeros((), jnp.float32), params)
+        # Separate buffers for every field: a donated state must not alias itself.
+        def zeros():
+            return jax.tree.map(lambda _: jnp.zeros((), jnp.float32), params)
+
         return MonitorState(
             inner_state=self.inner.init(params),
             grad_norm=jnp.zeros((), jnp.float32),
-            grad_norms=zeros,
+            grad_norms=zeros(),
             update_norm=jnp.zeros((), jnp.float32),
-            update_norms=zeros,
+            update_norms=zeros(),
         )
 
     def update(self, updates, state, params=None, **extra):
@@ -97,6 +100,9 @@ def monitor(tx: Any) -> Monitor:
     overflows fp32, reads as inf: an exploding gradient either way). The
     inner transform is a pytree child, so its hyperparameters stay data (no
     recompilation when they change) and the wrapper is jittable and vmappable.
+
+    Cost: one extra read of the gradients (about what ``clip_by_global_norm`` costs)
+    and one of the updates, plus a few scalars of state per leaf.
 
     Args:
         tx: the transform to monitor (jtricks or optax).
