@@ -32,7 +32,7 @@ def _check_lr(where: str, learning_rate: Any) -> None:
                    fix="A learning rate must be non-negative, e.g. 1e-3.")
 
 
-def _momentum(where: str, momentum: Any, nesterov: bool):
+def _momentum(where: str, momentum: Any, nesterov: bool, accumulator_dtype: Any = None):
     """``trace(momentum, nesterov)``, or ``identity()`` when ``momentum is None``."""
     if momentum is None:
         if nesterov:
@@ -42,10 +42,11 @@ def _momentum(where: str, momentum: Any, nesterov: bool):
             )
         return identity()
     check_decay(where, "momentum", momentum)
-    return trace(momentum, nesterov=nesterov)
+    return trace(momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
 
 
-def sgd(learning_rate: Any, momentum: Any = None, nesterov: bool = False) -> Chain:
+def sgd(learning_rate: Any, momentum: Any = None, nesterov: bool = False,
+        accumulator_dtype: Any = None) -> Chain:
     """Stochastic gradient descent, with optional (Nesterov) momentum.
 
     Plain (``momentum=None``)::
@@ -66,12 +67,15 @@ def sgd(learning_rate: Any, momentum: Any = None, nesterov: bool = False) -> Cha
         momentum: the momentum coefficient in [0, 1), or ``None`` for none; a
             float, an array or a schedule.
         nesterov: use Nesterov momentum (needs ``momentum``).
+        accumulator_dtype: dtype of the momentum trace (e.g. ``jnp.float32`` for
+            bf16 params); ``None`` keeps the params' dtype.
 
     Example:
         >>> tx = jt.sgd(0.1, momentum=0.9)
     """
     _check_lr("sgd", learning_rate)
-    return chain(_momentum("sgd", momentum, nesterov), scale_by_learning_rate(learning_rate))
+    return chain(_momentum("sgd", momentum, nesterov, accumulator_dtype),
+                 scale_by_learning_rate(learning_rate))
 
 
 def normalized_sgd(learning_rate: Any, eps: Any = 1e-6) -> Chain:
@@ -134,7 +138,7 @@ def rmsprop(learning_rate: Any, decay: Any = 0.9, eps: Any = 1e-8, centered: boo
 
         nu <- decay * nu + (1 - decay) * g**2
         s  <- g / sqrt(nu + eps)                         (centered=False)
-        s  <- g / sqrt(nu - mu**2 + eps)                 (centered=True, with
+        s  <- g / sqrt(max(nu - mu**2, 0) + eps)         (centered=True, with
               mu <- decay * mu + (1 - decay) * g)
         u  <- -lr(k) * s
 

@@ -155,6 +155,17 @@ def test_states_use_the_conventional_field_names(params):
         assert tx.init(params) == jt.EmptyState()
 
 
+def test_accumulator_dtype_sets_the_trace_dtype_only(params_bf16):
+    tx = jt.sgd(0.1, momentum=0.9, accumulator_dtype=jnp.float32)
+    state = tx.init(params_bf16)
+    assert {x.dtype for x in jax.tree.leaves(state[0].trace)} == {jnp.dtype(jnp.float32)}
+    grads = jax.tree.map(jnp.ones_like, params_bf16)
+    _, state = tx.update(grads, state, params_bf16)
+    assert {x.dtype for x in jax.tree.leaves(state[0].trace)} == {jnp.dtype(jnp.float32)}
+    plain = jt.sgd(0.1, momentum=0.9).init(params_bf16)[0].trace
+    assert {x.dtype for x in jax.tree.leaves(plain)} == {jnp.dtype(jnp.bfloat16)}
+
+
 def test_count_equals_the_number_of_updates(params, grads):
     tx = jt.rmsprop(0.01, momentum=0.9)
     state = tx.init(params)

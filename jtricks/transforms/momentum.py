@@ -27,10 +27,12 @@ class Trace(Transform):
 
     decay: Any
     nesterov: bool = static_field(default=False)
+    accumulator_dtype: Any = static_field(default=None)
 
     def init(self, params):
         hp.check_float_params("trace", params)
-        return TraceState(count=jnp.zeros([], jnp.int32), trace=jtree.zeros_like(params))
+        return TraceState(count=jnp.zeros([], jnp.int32),
+                          trace=jtree.zeros_like(params, self.accumulator_dtype))
 
     def update(self, updates, state, params=None, **extra):
         del params, extra
@@ -38,9 +40,10 @@ class Trace(Transform):
         nesterov = self.nesterov
 
         def leaf(g, t):
-            # One fused pass; the trace keeps its dtype so the state is scan-stable.
-            t = (g + decay * t).astype(t.dtype)
-            return (g + decay * t if nesterov else t), t
+            # One fused pass. The update uses the trace at full (promoted) precision;
+            # the stored trace keeps its dtype so the state is scan-stable.
+            new = g + decay * t
+            return (g + decay * new if nesterov else new), new.astype(t.dtype)
 
         out = jtree.map_checked(leaf, updates, state.trace,
                                 names=("updates", "state.trace"), where="trace.update")
@@ -48,7 +51,7 @@ class Trace(Transform):
         return u, TraceState(count=jtree.increment(state.count), trace=new_trace)
 
 
-def trace(decay: Any, nesterov: bool = False) -> Trace:
+def trace(decay: Any, nesterov: bool = False, accumulator_dtype: Any = None) -> Trace:
     """Accumulates a momentum trace of the incoming updates ``g`` (optax's ``trace``).
 
     ::
@@ -58,16 +61,19 @@ def trace(decay: Any, nesterov: bool = False) -> Trace:
         u <- g + decay * t       (nesterov=True, with the new t)
 
     Followed by ``scale_by_learning_rate(lr)``, a constant rate gives the lesson's
-    momentum ``v <- decay * v - lr * g; w <- w + v`` with ``v = -lr * t``. The trace
-    is stored in the params' dtype.
+    momentum ``v <- decay * v - lr * g; w <- w + v`` with ``v = -lr * t``.
 
     Args:
         decay: the momentum coefficient, in [0, 1); a float, an array or a schedule
             (update ``k`` uses ``decay(k)``).
         nesterov: use Nesterov's look-ahead form (static).
+        accumulator_dtype: dtype of the stored trace (e.g. ``jnp.float32`` for bf16
+            params); ``None`` keeps the params' dtype. Static.
 
     Example:
         >>> tx = jt.chain(jt.trace(0.9), jt.scale_by_learning_rate(0.1))
     """
     check_decay("trace", "decay", decay)
-    return Trace(decay=hp.as_hyper(decay), nesterov=bool(nesterov))
+    return Trace(decay=hp.as_hyper(decay), nesterov=bool(nesterov),
+                 accumulator_dtype=None if accumulator_dtype is None
+                 else jnp.dtype(accumulator_dtype))
