@@ -93,7 +93,7 @@ def grads(params) -> dict:
 # Each case is (name, jtricks factory, optax factory), both called with no argument and
 # configured with the same explicit, non-default hyperparameters. Building blocks that
 # return raw directions are followed by a fixed descent step so 100 steps stay bounded.
-# Every test that takes a ``case`` argument runs over the whole table.
+# Every test that takes a ``tx_case`` argument runs over the whole table.
 
 def _lr_schedule(count):
     """An optax-free schedule: a plain function of the 0-based update count."""
@@ -191,6 +191,6 @@ CASES = _cases()
 
 
 def pytest_generate_tests(metafunc):
-    # Any test taking `case` runs over the whole table, one id per row.
-    if "case" in metafunc.fixturenames:
-        metafunc.parametrize("case", CASES, ids=[name for name, _, _ in CASES])
+    # Any test taking `tx_case` runs over the whole table, one id per row.
+    if "tx_case" in metafunc.fixturenames:
+        metafunc.parametrize("tx_case", CASES, ids=[name for name, _, _ in CASES])

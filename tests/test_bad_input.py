@@ -198,9 +198,9 @@ def test_tracers_pass_through_the_checks(params, grads):
         assert all(np.all(np.isfinite(u)) for u in jax.tree.leaves(updates))
 
 
-def test_zero_gradients_give_zero_updates_not_nan(case, params):
+def test_zero_gradients_give_zero_updates_not_nan(tx_case, params):
     # 0/0 traps: the norm of a zero gradient (normalize, clip), an empty accumulator.
-    name, factory, _ = case
+    name, factory, _ = tx_case
     zeros = jax.tree.map(jnp.zeros_like, params)
     tx = factory()
     if name in ("adamw", "adamw_mask", "add_decayed_weights"):

@@ -72,8 +72,8 @@ def table_runs():
     return params, txs, len(traces), a, b, swept, shapes
 
 
-def test_every_transform_under_jit_scan_vmap_and_eval_shape(case):
-    name = case[0]
+def test_every_transform_under_jit_scan_vmap_and_eval_shape(tx_case):
+    name = tx_case[0]
     params, txs, n_traces, (a, state_a), (b, _), (swept, _), shapes = table_runs()
     tx, a, b, state_a, swept = txs[name], a[name], b[name], state_a[name], swept[name]
     # Halving every hyperparameter of every transform did not retrace the jitted step.

@@ -52,9 +52,9 @@ def results(dtype_name: str):
     return params, run_all(params, noise)
 
 
-def run_both(case, dtype):
+def run_both(tx_case, dtype):
     params, out = results(jnp.dtype(dtype).name)
-    return (params, *out[case[0]])
+    return (params, *out[tx_case[0]])
 
 
 def _paths(tree):
@@ -62,30 +62,30 @@ def _paths(tree):
     return [jax.tree_util.keystr(p) for p, _ in flat], [x for _, x in flat]
 
 
-def test_fp32_equals_optax_at_every_step(case):
-    _, ours, theirs, _ = run_both(case, jnp.float32)
+def test_fp32_equals_optax_at_every_step(tx_case):
+    _, ours, theirs, _ = run_both(tx_case, jnp.float32)
     assert jax.tree.structure(ours) == jax.tree.structure(theirs)
     for path, a, b in zip(*_paths(ours), jax.tree.leaves(theirs)):
         assert a.shape[0] == STEPS and a.dtype == jnp.float32
         # The trajectory must move, or the comparison would prove nothing.
-        assert not np.allclose(a[-1], a[0]), f"{case[0]}: {path} never moved"
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{case[0]} at {path}")
+        assert not np.allclose(a[-1], a[0]), f"{tx_case[0]}: {path} never moved"
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{tx_case[0]} at {path}")
 
 
-def test_bf16_params_stay_bf16_and_close_to_optax(case):
-    params, ours, theirs, state = run_both(case, jnp.bfloat16)
+def test_bf16_params_stay_bf16_and_close_to_optax(tx_case):
+    params, ours, theirs, state = run_both(tx_case, jnp.bfloat16)
     for leaf in jax.tree.leaves(ours):
         assert leaf.dtype == jnp.bfloat16
     # State dtypes are deliberate: what init chose (the params' dtype unless an
     # accumulator dtype was asked for), never promoted along the way.
-    initial = jax.eval_shape(case[1]().init, params)
+    initial = jax.eval_shape(tx_case[1]().init, params)
     assert jax.tree.map(lambda x: x.dtype, state) == jax.tree.map(lambda x: x.dtype, initial)
     dtypes = {x.dtype for x in jax.tree.leaves(state)}
-    assert dtypes <= {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.int32)} or "fp32" in case[0]
+    assert dtypes <= {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.int32)} or "fp32" in tx_case[0]
     # bf16 keeps 8 bits of mantissa and the two libraries round in different orders
     # (jtricks accumulates norms in fp32), so compare at the scale of the parameters.
     scale = max(float(jnp.max(jnp.abs(p.astype(jnp.float32)))) for p in jax.tree.leaves(params))
     for path, a, b in zip(*_paths(ours), jax.tree.leaves(theirs)):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-        assert np.all(np.isfinite(a)), f"{case[0]} at {path}"
-        np.testing.assert_allclose(a, b, rtol=0, atol=0.02 * scale, err_msg=f"{case[0]} {path}")
+        assert np.all(np.isfinite(a)), f"{tx_case[0]} at {path}"
+        np.testing.assert_allclose(a, b, rtol=0, atol=0.02 * scale, err_msg=f"{tx_case[0]} {path}")
