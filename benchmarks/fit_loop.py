@@ -214,8 +214,8 @@ def table(results, meta):
         "### `jt.train.fit` vs the flax + optax per-batch loop",
         "",
         f"`python benchmarks/fit_loop.py` on {meta['cpus']} CPU cores, jax "
-        f"{meta['jax']}, {meta['epochs']} epochs, median of {meta['repeats']} alternating "
-        f"repeats, compilation excluded; load average {meta['load_before']} before, "
+        f"{meta['jax']}, {meta['epochs']} epochs, median of {meta['repeats']} repeats "
+        f"in rotating order, compilation excluded; load average {meta['load_before']} before, "
         f"{meta['load_after']} after. Both sides evaluate the test set and do early-stopping "
         "bookkeeping every epoch; `fit` also drives a tqdm bar.",
         "",
