@@ -20,6 +20,7 @@ import jtricks as jt
 from jtricks.transforms.flatten import group_by_dtype, ungroup
 
 STEPS = 25
+MAX_SIZE = 20
 
 
 def _schedule_jt():
@@ -69,7 +70,9 @@ def _scan(tx, apply, params, noise):
 def _three(jt_factory, optax_factory, params, noise):
     """The plain path, the flat path and optax in one program."""
     plain, _ = _scan(jt_factory(), jt.apply_updates, params, noise)
-    flat, flat_state = _scan(jt.flatten(jt_factory()), jt.apply_updates, params, noise)
+    # max_size=20 gathers some leaves and leaves the bigger ones as they are.
+    flat, flat_state = _scan(jt.flatten(jt_factory(), max_size=MAX_SIZE), jt.apply_updates,
+                             params, noise)
     theirs, _ = _scan(optax_factory(), optax.apply_updates, params, noise)
     return plain, flat, flat_state, theirs
 
@@ -112,13 +115,17 @@ def test_flat_equals_optax_at_every_step(runs):
 
 def test_state_is_one_flat_vector_per_dtype(runs):
     name, _, mixed, _, _, flat_state, _ = runs
-    sizes = {"float32": sum(x.size for x in jax.tree.leaves(mixed) if x.dtype == jnp.float32),
-             "bfloat16": sum(x.size for x in jax.tree.leaves(mixed)
-                             if x.dtype == jnp.bfloat16)}
-    vectors = [x for x in jax.tree.leaves(flat_state) if x.ndim > 0]
-    assert vectors or name == "sgd", name  # plain sgd keeps only a count
-    for x in vectors:
-        assert x.ndim == 1 and x.size in sizes.values(), (name, x.shape)
+    small = [x for x in jax.tree.leaves(mixed) if x.size <= MAX_SIZE]
+    big = [x for x in jax.tree.leaves(mixed) if x.size > MAX_SIZE]
+    assert small and big
+    sizes = {d: sum(x.size for x in small if x.dtype == d) for d in {x.dtype for x in small}}
+    groups = [sub["flat"] for sub in jax.tree.leaves(
+        flat_state, is_leaf=lambda x: isinstance(x, dict) and set(x) == {"flat", "leaves"})
+        if isinstance(sub, dict)]
+    assert groups or name == "sgd", name  # plain sgd keeps only a count
+    for g in groups:
+        assert {jnp.dtype(k): v.size for k, v in g.items()} == sizes, name
+        assert all(v.ndim == 1 for v in g.values())
     for x in jax.tree.leaves(flat_state):
         if jnp.issubdtype(x.dtype, jnp.integer):
             assert x.dtype == jnp.int32 and x.shape == () and int(x) == STEPS
@@ -145,23 +152,25 @@ def test_adam_state_keeps_optax_field_names():
     params = mixed_params()
     state = jt.flatten(jt.adam(1e-3)).init(params)
     mu = optax.tree_utils.tree_get(state, "mu")
-    assert sorted(mu) == ["bfloat16", "float32"]
-    assert mu["float32"].shape == (sum(x.size for x in jax.tree.leaves(params)
-                                       if x.dtype == jnp.float32),)
-    assert mu["bfloat16"].dtype == jnp.bfloat16
+    assert sorted(mu["flat"]) == ["bfloat16", "float32"] and mu["leaves"] == []
+    assert mu["flat"]["float32"].shape == (sum(x.size for x in jax.tree.leaves(params)
+                                               if x.dtype == jnp.float32),)
+    assert mu["flat"]["bfloat16"].dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("n_leaves", [1, 3, 64])
-def test_group_then_ungroup_gives_back_the_tree(n_leaves):
+@pytest.mark.parametrize(("n_leaves", "max_size"), [(1, None), (3, 0), (64, None), (64, 4)])
+def test_group_then_ungroup_gives_back_the_tree(n_leaves, max_size):
     rng = np.random.default_rng(n_leaves)
     dtypes = [jnp.float32, jnp.bfloat16, jnp.float16]
     tree = {f"x{i}": jnp.asarray(rng.standard_normal((i % 4, 3) if i % 5 else ()),
                                  dtypes[i % 3]) for i in range(n_leaves)}
     tree["none"] = None
-    flat = group_by_dtype(tree)
-    assert all(v.ndim == 1 for v in flat.values())
-    back = ungroup(flat, tree)
-    jitted = jax.jit(lambda f: ungroup(f, tree))(flat)
+    grouped = group_by_dtype(tree, max_size)
+    assert all(v.ndim == 1 for v in grouped["flat"].values())
+    assert all(x.size > max_size for x in grouped["leaves"]) if max_size is not None else (
+        grouped["leaves"] == [])
+    back = ungroup(grouped, tree, max_size)
+    jitted = jax.jit(lambda g: ungroup(g, tree, max_size))(grouped)
     for out in (back, jitted):
         assert jax.tree.structure(out, is_leaf=lambda x: x is None) == jax.tree.structure(
             tree, is_leaf=lambda x: x is None)
@@ -199,3 +208,9 @@ def test_learning_rate_is_data_so_a_new_value_does_not_recompile():
 def test_refuses_what_is_not_a_transform():
     with pytest.raises(TypeError, match=r"flatten: expected a gradient transformation"):
         jt.flatten(0.1)
+
+
+@pytest.mark.parametrize("max_size", [-1, 2.5, True])
+def test_refuses_a_bad_max_size(max_size):
+    with pytest.raises(ValueError, match=r"flatten: max_size must be a non-negative int"):
+        jt.flatten(jt.adam(1e-3), max_size=max_size)
