@@ -73,7 +73,8 @@ class Ema(Struct):
 
     def init(self, params: PyTree) -> EmaState:
         # The mean starts at the params, so value() is meaningful before any update.
-        mean = jax.tree.map(lambda p: jnp.asarray(p, _acc_dtype(p)), params)
+        # A copy, not the params' own buffer: a step that donates both must not alias.
+        mean = jax.tree.map(lambda p: jnp.array(p, _acc_dtype(p), copy=True), params)
         return EmaState(count=jnp.zeros([], jnp.int32), mean=mean)
 
     def update(self, params: PyTree, state: EmaState) -> EmaState:
@@ -148,9 +149,8 @@ class Swa(Struct):
     every: Any
 
     def init(self, params: PyTree) -> SwaState:
-        mean = jax.tree.map(lambda p: jnp.asarray(p, _acc_dtype(p)), params)
-        zero = jnp.zeros([], jnp.int32)
-        return SwaState(count=zero, n=zero, mean=mean)
+        mean = jax.tree.map(lambda p: jnp.array(p, _acc_dtype(p), copy=True), params)
+        return SwaState(count=jnp.zeros([], jnp.int32), n=jnp.zeros([], jnp.int32), mean=mean)
 
     def update(self, params: PyTree, state: SwaState) -> SwaState:
         count = jtree.increment(state.count)  # the 1-based step that produced `params`

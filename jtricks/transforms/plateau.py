@@ -64,10 +64,12 @@ class ReduceOnPlateau(Transform):
     def init(self, params):
         dtype = _stats_dtype(params)
         worst = jnp.inf if self.mode == "min" else -jnp.inf
-        zero = jnp.zeros([], jnp.int32)
+        def zero():  # a fresh buffer per field, so a donated state never aliases itself
+            return jnp.zeros([], jnp.int32)
+
         return ReduceOnPlateauState(
             scale=jnp.ones([], dtype), best_value=jnp.asarray(worst, dtype),
-            plateau_count=zero, cooldown_count=zero, count=zero, accumulated=zero,
+            plateau_count=zero(), cooldown_count=zero(), count=zero(), accumulated=zero(),
             avg_value=jnp.zeros([], dtype),
         )
 

@@ -233,9 +233,11 @@ class SkipNonfinite(Transform):
     max_consecutive: Any = None
 
     def init(self, params):
-        zero = jnp.zeros([], jnp.int32)
-        return SkipNonfiniteState(notfinite_count=zero, last_finite=jnp.asarray(True),
-                                  total_notfinite=zero, inner_state=self.inner.init(params))
+        # A fresh buffer per field: a donated state must not hold one array twice.
+        return SkipNonfiniteState(notfinite_count=jnp.zeros([], jnp.int32),
+                                  last_finite=jnp.asarray(True),
+                                  total_notfinite=jnp.zeros([], jnp.int32),
+                                  inner_state=self.inner.init(params))
 
     def update(self, updates, state, params=None, **extra):
         finite = _all_finite(updates)
@@ -323,9 +325,9 @@ class Accumulate(Transform):
     every_k: Any
 
     def init(self, params):
-        zero = jnp.zeros([], jnp.int32)
         acc = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), _acc_dtype(p)), params)
-        return AccumulateState(mini_step=zero, gradient_step=zero, acc_grads=acc,
+        return AccumulateState(mini_step=jnp.zeros([], jnp.int32),
+                               gradient_step=jnp.zeros([], jnp.int32), acc_grads=acc,
                                inner_state=self.inner.init(params))
 
     def update(self, updates, state, params=None, **extra):
