@@ -141,6 +141,24 @@ def test_python_float_hyperparameters_keep_bf16_through_jit(params_bf16):
                                                                     jnp.dtype(jnp.int32)}
 
 
+def test_fp32_array_hyperparameters_keep_bf16_state_through_scan(params_bf16):
+    # An fp32 array hyperparameter (a sweep value, a traced argument) promotes the
+    # arithmetic to fp32, but the state must stay in the dtype init chose, or a scan
+    # carry would change type between steps.
+    run, _ = make_runner()
+    noise = noise_sequence(params_bf16, STEPS)
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    txs = {"sgd": jt.sgd(f32(0.1), momentum=f32(0.9)),
+           "rmsprop": jt.rmsprop(f32(0.01), decay=f32(0.9), centered=True),
+           "adagrad": jt.adagrad(f32(0.1), eps=f32(1e-7)),
+           "adam": jt.adam(f32(1e-3), b1=f32(0.9), b2=f32(0.999), eps=f32(1e-8))}
+    out, state = run(txs, params_bf16, noise)
+    for name in txs:
+        assert {x.dtype for x in jax.tree.leaves(out[name])} == {jnp.dtype(jnp.bfloat16)}
+        assert {x.dtype for x in jax.tree.leaves(state[name])} == {jnp.dtype(jnp.bfloat16),
+                                                                    jnp.dtype(jnp.int32)}
+
+
 # Each scheduled hyperparameter: update k must use its value at k (0-based), i.e. equal
 # the same transform built with that constant, applied to the same state.
 SCHEDULED = [

@@ -76,13 +76,15 @@ class ScaleByAdam(Transform):
         c2 = jtree.bias_correction(b2, count)
         mu_dtype, nu_dtype = self.mu_dtype, self.nu_dtype
 
-        def leaf(g, m, v):
+        def leaf(g, m_old, v_old):
             # One fused elementwise pass: read g, m, v once; write u, m, v once.
-            m = (1 - b1) * g + b1 * m
-            v = (1 - b2) * (g * g) + b2 * v
+            m = (1 - b1) * g + b1 * m_old
+            v = (1 - b2) * (g * g) + b2 * v_old
             u = (m / c1.astype(m.dtype)) / (jnp.sqrt(v / c2.astype(v.dtype) + eps_root) + eps)
-            m = m if mu_dtype is None else m.astype(mu_dtype)
-            v = v if nu_dtype is None else v.astype(nu_dtype)
+            # The state keeps its dtype whatever the hyperparameters' dtypes: an fp32
+            # array b1 must not promote a bf16 moment (a scan carry would change type).
+            m = m.astype(m_old.dtype if mu_dtype is None else mu_dtype)
+            v = v.astype(v_old.dtype if nu_dtype is None else nu_dtype)
             return u, m, v
 
         out = jtree.map_checked(leaf, updates, state.mu, state.nu,
