@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PyTree = Any
 
@@ -86,18 +87,55 @@ def map_with_path(fn: Callable, tree: PyTree, *rest: PyTree, names: Sequence[str
 
 def map_checked(fn: Callable, tree: PyTree, *rest: PyTree, names: Sequence[str] = (),
                 is_leaf: Callable | None = None, where: str = "tree map") -> PyTree:
-    """``jax.tree.map`` that names the first differing path on a structure mismatch.
+    """``jax.tree.map`` that names the first differing path on a structure or shape
+    mismatch.
 
-    The check costs nothing on the happy path: it only runs when JAX refuses the map.
+    Leaves mapped together must have one shape: a ``(3, 1)`` update against a ``(3,)``
+    moment would otherwise broadcast silently into a ``(3, 3)`` state. Shapes are
+    static, so the check costs one tuple comparison per leaf at trace time; the path
+    is only looked up once something is wrong.
     """
     trees = (tree, *rest)
+    names = tuple(names) or tuple(f"tree #{i}" for i in range(len(trees)))
+
+    def checked(*leaves):
+        # Only arrays (and tracers) are compared: a static Python bool mask or a
+        # Python float hyperparameter broadcasts by design.
+        shapes = {x.shape for x in leaves if isinstance(x, (jax.Array, np.ndarray))}
+        if len(shapes) > 1:
+            raise _ShapeMismatch
+        return fn(*leaves)
+
     try:
-        return jax.tree.map(fn, tree, *rest, is_leaf=is_leaf)
+        return jax.tree.map(checked if rest else fn, tree, *rest, is_leaf=is_leaf)
+    except _ShapeMismatch:
+        raise _shape_error(where, names, trees, is_leaf) from None
     except ValueError as e:
         if "structure" not in str(e) and "Custom node type mismatch" not in str(e):
             raise
-        names = tuple(names) or tuple(f"tree #{i}" for i in range(len(trees)))
         raise _structure_error(where, names, trees, is_leaf) from None
+
+
+class _ShapeMismatch(Exception):
+    """Raised inside :func:`map_checked` to leave the map before reporting."""
+
+
+def _shape_error(where: str, names: Sequence[str], trees: Sequence[PyTree],
+                 is_leaf: Callable | None) -> ValueError:
+    flat = [jax.tree_util.tree_flatten_with_path(t, is_leaf=is_leaf)[0] for t in trees]
+    for entries in zip(*flat):
+        shapes = [x.shape if isinstance(x, (jax.Array, np.ndarray)) else None
+                  for _, x in entries]
+        if len({s for s in shapes if s is not None}) > 1:
+            listed = ", ".join(f"{n}{keystr(path)} has shape {s}"
+                               for n, (path, _), s in zip(names, entries, shapes)
+                               if s is not None)
+            return ValueError(
+                f"{where}: leaves that must match have different shapes: {listed}. "
+                f"Pass {names[0]} shaped exactly like {names[1]} (the state was built "
+                "by init from params of other shapes, or an update was reshaped)."
+            )
+    return ValueError(f"{where}: leaves of {', '.join(names)} have different shapes.")
 
 
 def zeros_like(tree: PyTree, dtype: Any = None) -> PyTree:

@@ -6,6 +6,8 @@ passes through them.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,6 +135,22 @@ def test_update_tree_unlike_the_state_names_the_first_differing_path(factory, wh
     missing = {k: v for k, v in grads.items() if k != "scale"}
     with pytest.raises(ValueError, match=where + r".*\['scale'\]"):
         tx.update(missing, state, params)
+
+
+@pytest.mark.parametrize("factory, where", [(f, w) for _, f, w in STATEFUL],
+                         ids=[n for n, _, _ in STATEFUL])
+def test_update_leaf_shaped_unlike_the_state_is_refused_not_broadcast(factory, where, params,
+                                                                      grads):
+    # A (n, 1) update against an (n,) moment would broadcast into an (n, n) state.
+    tx = factory()
+    state = tx.init(params)
+    column = {**grads, "dense": {**grads["dense"], "b": grads["dense"]["b"][:, None]}}
+    shape = tuple(params["dense"]["b"].shape)
+    with pytest.raises(ValueError, match=where.split(".*")[0] + r".*different shapes.*"
+                       r"updates\['dense'\]\['b'\] has shape " + re.escape(str((*shape, 1)))):
+        tx.update(column, state, params)
+    with pytest.raises(ValueError, match=r"different shapes"):
+        jax.jit(tx.update)(column, state, params)
 
 
 def test_params_tree_unlike_the_updates_names_the_path(params, grads):
