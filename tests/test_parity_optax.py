@@ -83,9 +83,15 @@ def test_bf16_params_stay_bf16_and_close_to_optax(tx_case):
     dtypes = {x.dtype for x in jax.tree.leaves(state)}
     assert dtypes <= {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.int32)} or "fp32" in tx_case[0]
     # bf16 keeps 8 bits of mantissa and the two libraries round in different orders
-    # (jtricks accumulates norms in fp32), so compare at the scale of the parameters.
+    # (jtricks accumulates norms and scale factors in fp32), and over 100 steps the
+    # rounding of bf16 params compounds. So judge both against the fp32 trajectory:
+    # jtricks in bf16 must be no further from it than optax in bf16, give or take 2%
+    # of the parameters' scale.
+    _, exact, _, _ = run_both(tx_case, jnp.float32)
     scale = max(float(jnp.max(jnp.abs(p.astype(jnp.float32)))) for p in jax.tree.leaves(params))
-    for path, a, b in zip(*_paths(ours), jax.tree.leaves(theirs)):
-        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    for path, a, b, r in zip(*_paths(ours), jax.tree.leaves(theirs), jax.tree.leaves(exact)):
+        a, b, r = (np.asarray(x, np.float32) for x in (a, b, r))
         assert np.all(np.isfinite(a)), f"{tx_case[0]} at {path}"
-        np.testing.assert_allclose(a, b, rtol=0, atol=0.02 * scale, err_msg=f"{tx_case[0]} {path}")
+        ours_err, optax_err = np.max(np.abs(a - r)), np.max(np.abs(b - r))
+        assert ours_err <= optax_err + 0.02 * scale, (
+            f"{tx_case[0]} {path}: bf16 error against fp32 {ours_err:.4g}, optax's {optax_err:.4g}")

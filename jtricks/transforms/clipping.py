@@ -95,10 +95,13 @@ class ClipByGlobalNorm(Transform):
         del params, extra
         max_norm = self.max_norm
         norm = jtree.global_norm(updates)  # one reduction over the whole tree
-        keep = norm <= max_norm
+        # One scalar factor (exactly 1 when no clipping is needed) so each leaf is a
+        # single multiply that XLA fuses into whatever consumes it; a per-element
+        # select between g and a rescaled g materialised a params-sized temporary.
+        factor = jnp.where(norm <= max_norm, 1.0, max_norm / norm).astype(jnp.float32)
 
         def leaf(g):
-            return jnp.where(keep, g, (g / norm.astype(g.dtype)) * max_norm).astype(g.dtype)
+            return (g * factor).astype(g.dtype)
 
         return jax.tree.map(leaf, updates), state
 
