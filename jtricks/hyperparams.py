@@ -25,6 +25,7 @@ __all__ = [
     "check",
     "check_range",
     "check_float_params",
+    "require_params",
 ]
 
 
@@ -125,3 +126,11 @@ def check_float_params(where: str, params: Any) -> None:
                 "optimizer needs floating-point parameters. Cast them first, e.g. "
                 "jax.tree.map(lambda p: p.astype(jnp.float32), params)."
             )
+
+
+def require_params(where: str, params: Any, why: str) -> None:
+    """Refuses ``params=None`` for a transform whose update reads the parameters."""
+    if params is None:
+        raise ValueError(
+            f"{where}: params is None, but {why}. Call tx.update(grads, state, params)."
+        )

@@ -204,11 +204,8 @@ class AdaptiveGradClip(Transform):
 
     def update(self, updates, state, params=None, **extra):
         del extra
-        if params is None:
-            raise ValueError(
-                "adaptive_grad_clip.update: params is None, but the clipping threshold "
-                "is relative to the parameters' norms. Call tx.update(grads, state, params)."
-            )
+        hp.require_params("adaptive_grad_clip.update", params,
+                          "the clipping threshold is relative to the parameters' norms")
         clipping, eps, axis = self.clipping, self.eps, self.axis
 
         def leaf(g, p):

@@ -27,11 +27,8 @@ class AddDecayedWeights(Transform):
 
     def update(self, updates, state, params=None, **extra):
         del extra
-        if params is None:
-            raise ValueError(
-                "add_decayed_weights.update: params is None, but weight decay adds "
-                "weight_decay * params to the update. Call tx.update(grads, state, params)."
-            )
+        hp.require_params("add_decayed_weights.update", params,
+                          "weight decay adds weight_decay * params to the update")
         wd = self.weight_decay
         if self.mask is None:
             return jtree.map_checked(lambda g, p: g + wd * p, updates, params,
