@@ -73,6 +73,21 @@ def grad_fn(params: dict, noise: dict | None = None) -> dict:
     return jax.tree.map(lambda g, e: (g + 0.5 * e).astype(g.dtype), grads, noise)
 
 
+def trajectory(tx, apply, params: dict, noise: dict):
+    """Params after each of ``len(noise)`` updates of ``tx`` (stacked on a leading
+    axis) on the noisy gradient of :func:`loss`, and the final state; ``apply`` is
+    the library's ``apply_updates``."""
+
+    def body(carry, n):
+        p, s = carry
+        u, s = tx.update(grad_fn(p, n), s, p)
+        p = apply(p, u)
+        return (p, s), p
+
+    (_, state), traj = jax.lax.scan(body, (params, tx.init(params)), noise)
+    return traj, state
+
+
 @pytest.fixture
 def params() -> dict:
     return make_params(SEED)

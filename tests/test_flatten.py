@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import grad_fn, make_params, noise_sequence
+from conftest import grad_fn, make_params, noise_sequence, trajectory
 
 import jtricks as jt
 from jtricks.transforms.flatten import group_by_dtype, ungroup
@@ -55,25 +55,14 @@ def mixed_params() -> dict:
             "c": jnp.linspace(-1.0, 1.0, 5, dtype=jnp.float32)}
 
 
-def _scan(tx, apply, params, noise):
-    def body(carry, n):
-        p, s = carry
-        u, s = tx.update(grad_fn(p, n), s, p)
-        p = apply(p, u)
-        return (p, s), p
-
-    (_, state), traj = jax.lax.scan(body, (params, tx.init(params)), noise)
-    return traj, state
-
-
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _three(jt_factory, optax_factory, params, noise):
     """The plain path, the flat path and optax in one program."""
-    plain, _ = _scan(jt_factory(), jt.apply_updates, params, noise)
+    plain, _ = trajectory(jt_factory(), jt.apply_updates, params, noise)
     # max_size=20 gathers some leaves and leaves the bigger ones as they are.
-    flat, flat_state = _scan(jt.flatten(jt_factory(), max_size=MAX_SIZE), jt.apply_updates,
+    flat, flat_state = trajectory(jt.flatten(jt_factory(), max_size=MAX_SIZE), jt.apply_updates,
                              params, noise)
-    theirs, _ = _scan(optax_factory(), optax.apply_updates, params, noise)
+    theirs, _ = trajectory(optax_factory(), optax.apply_updates, params, noise)
     return plain, flat, flat_state, theirs
 
 

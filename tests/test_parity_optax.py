@@ -13,24 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from conftest import CASES, FAST_COMPILE, grad_fn, make_params, noise_sequence
+from conftest import CASES, FAST_COMPILE, make_params, noise_sequence, trajectory
 
 import jtricks as jt
 
 STEPS = 100
-
-
-def _scan(tx, apply, params, noise):
-    """Params after each update (stacked on a leading axis), and the final state."""
-
-    def body(carry, n):
-        p, s = carry
-        u, s = tx.update(grad_fn(p, n), s, p)
-        p = apply(p, u)
-        return (p, s), p
-
-    (_, state), traj = jax.lax.scan(body, (params, tx.init(params)), noise)
-    return traj, state
 
 
 @functools.cache
@@ -44,8 +31,8 @@ def results(dtype_name: str):
     def run_all(params, noise):
         out = {}
         for name, jt_factory, optax_factory in CASES:
-            ours, state = _scan(jt_factory(), jt.apply_updates, params, noise)
-            theirs, _ = _scan(optax_factory(), optax.apply_updates, params, noise)
+            ours, state = trajectory(jt_factory(), jt.apply_updates, params, noise)
+            theirs, _ = trajectory(optax_factory(), optax.apply_updates, params, noise)
             out[name] = (ours, theirs, state)
         return out
 
