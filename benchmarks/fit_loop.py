@@ -38,12 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
+from results_md import replace_section
 from sklearn.datasets import load_digits
 
 import jtricks as jt
 
 HERE = Path(__file__).resolve().parent
-BEGIN, END = "<!-- fit-loop:begin -->", "<!-- fit-loop:end -->"
 CASES = [
     {"name": "digits MLP 64-256-256-10, batch 128", "sizes": (256, 256, 10), "batch": 128},
     {"name": "MLP 64-32-10, batch 32", "sizes": (32, 10), "batch": 32},
@@ -240,19 +240,6 @@ def table(results, meta):
     return "\n".join(lines)
 
 
-def write_block(path: Path, block: str) -> None:
-    """Replaces the text between the fit-loop markers, leaving the rest of the file."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    body = f"{BEGIN}\n{block}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + body + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    path.write_text(text)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -282,7 +269,7 @@ def main(argv=None):
         (HERE / "results").mkdir(exist_ok=True)
         (HERE / "results" / "fit_loop.json").write_text(
             json.dumps({"meta": meta, "cases": results}, indent=2) + "\n")
-        write_block(HERE / "RESULTS.md", table(results, meta))
+        replace_section(HERE / "RESULTS.md", "fit-loop", table(results, meta))
 
 
 if __name__ == "__main__":

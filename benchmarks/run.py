@@ -49,11 +49,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from results_md import replace_section
 
 import jtricks as jt
 
 HERE = Path(__file__).resolve().parent
-BEGIN, END = "<!-- optimizers:begin -->", "<!-- optimizers:end -->"
 
 # ---------------------------------------------------------------------------------------
 # parameter trees
@@ -426,19 +426,6 @@ def targets(report: dict) -> str:
     return "\n".join(head + rows) + "\n"
 
 
-def write_markdown(section: str, path: Path, title: str) -> None:
-    """Replaces this script's section of ``path``, keeping everything else."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section}{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + f"\n\n## {title}\n\n{block}\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a subset, under 2 minutes")
@@ -483,7 +470,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     if not args.no_markdown:
-        write_markdown(markdown(report), HERE / "RESULTS.md", "Optimizer step: jtricks vs optax")
+        replace_section(HERE / "RESULTS.md", "optimizers", markdown(report),
+                        "Optimizer step: jtricks vs optax")
     print(f"wrote {out} ({report['wall_s']:.0f} s)")
     return report
 
