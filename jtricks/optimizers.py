@@ -131,7 +131,8 @@ def adagrad(learning_rate: Any, initial_accumulator_value: Any = 0.1,
 
 def rmsprop(learning_rate: Any, decay: Any = 0.9, eps: Any = 1e-8, centered: bool = False,
             momentum: Any = None, nesterov: bool = False, *,
-            initial_scale: Any = 0.0) -> Chain:
+            initial_scale: Any = 0.0, eps_in_sqrt: bool = True,
+            bias_correction: bool = False) -> Chain:
     """RMSProp (Hinton, 2012; centered: Graves, 2013), with optional momentum.
 
     ``eps`` sits inside the square root (optax's default, unlike PyTorch)::
@@ -156,6 +157,8 @@ def rmsprop(learning_rate: Any, decay: Any = 0.9, eps: Any = 1e-8, centered: boo
         momentum: momentum coefficient in [0, 1), or ``None`` for none.
         nesterov: use Nesterov momentum (needs ``momentum``).
         initial_scale: the starting value of ``nu`` (0 as in optax and PyTorch).
+        eps_in_sqrt: ``False`` divides by ``sqrt(nu) + eps`` (PyTorch's placement).
+        bias_correction: debias ``nu`` (and ``mu``) by ``1 - decay**t`` as Adam does.
 
     Example:
         >>> tx = jt.rmsprop(1e-3, momentum=0.9)
@@ -166,14 +169,15 @@ def rmsprop(learning_rate: Any, decay: Any = 0.9, eps: Any = 1e-8, centered: boo
     check_initial("rmsprop", "initial_scale", initial_scale)
     tail = _momentum("rmsprop", momentum, nesterov)
     return chain(
-        scale_by_rms(decay, eps, centered, initial_scale=initial_scale),
+        scale_by_rms(decay, eps, centered, initial_scale=initial_scale,
+                     eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction),
         scale_by_learning_rate(learning_rate),
         tail,
     )
 
 
 def adam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
-         eps_root: Any = 0.0, mu_dtype: Any = None) -> Chain:
+         eps_root: Any = 0.0, mu_dtype: Any = None, *, nesterov: bool = False) -> Chain:
     """Adam (Kingma & Ba, 2015): "if unsure, use Adam".
 
     ::
@@ -181,6 +185,9 @@ def adam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
         m <- b1 * m + (1 - b1) * g
         v <- b2 * v + (1 - b2) * g**2
         w <- w - lr(k) * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t) + eps_root) + eps)
+
+    ``nesterov=True`` gives NAdam (see :func:`scale_by_adam`). Same numbers and
+    argument order as ``optax.adam``.
 
     Example:
         >>> tx = jt.adam(1e-3)
@@ -194,14 +201,15 @@ def adam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
     check_eps("adam", "eps", eps)
     check_eps("adam", "eps_root", eps_root)
     return chain(
-        scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype),
+        scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
+                      nesterov=nesterov),
         scale_by_learning_rate(learning_rate),
     )
 
 
 def adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
           eps_root: Any = 0.0, mu_dtype: Any = None, weight_decay: Any = 1e-4,
-          mask: Any = None) -> Chain:
+          mask: Any = None, *, nesterov: bool = False) -> Chain:
     """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
 
     ::
@@ -225,6 +233,7 @@ def adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
         weight_decay: decay rate, >= 0; a number or an array.
         mask: ``None`` (decay every leaf), a tree of bools like the params, or a
             callable ``params -> such a tree`` (e.g. to skip biases).
+        nesterov: NAdamW: Nesterov momentum in the Adam part (static).
 
     Example:
         >>> decay_matrices = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
@@ -239,7 +248,8 @@ def adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
     hp.check_range("adamw", "weight_decay", weight_decay, low=0.0,
                    fix="weight_decay shrinks weights towards 0; typical values are 1e-5 to 1e-2.")
     return chain(
-        scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype),
+        scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
+                      nesterov=nesterov),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

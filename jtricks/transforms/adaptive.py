@@ -56,6 +56,7 @@ class ScaleByAdam(Transform):
     eps_root: Any
     mu_dtype: Any = static_field(default=None)
     nu_dtype: Any = static_field(default=None)
+    nesterov: bool = static_field(default=False)
 
     def init(self, params):
         hp.check_float_params("scale_by_adam", params)
@@ -74,13 +75,20 @@ class ScaleByAdam(Transform):
         count = jtree.increment(state.count)
         c1 = jtree.bias_correction(b1, count)
         c2 = jtree.bias_correction(b2, count)
+        # Nesterov (NAdam) looks one step ahead: the next step's debiased momentum.
+        c1_next = jtree.bias_correction(b1, jtree.increment(count)) if self.nesterov else None
         mu_dtype, nu_dtype = self.mu_dtype, self.nu_dtype
 
         def leaf(g, m_old, v_old):
             # One fused elementwise pass: read g, m, v once; write u, m, v once.
             m = (1 - b1) * g + b1 * m_old
             v = (1 - b2) * (g * g) + b2 * v_old
-            u = (m / c1.astype(m.dtype)) / (jnp.sqrt(v / c2.astype(v.dtype) + eps_root) + eps)
+            if c1_next is None:
+                m_hat = m / c1.astype(m.dtype)
+            else:
+                m_hat = (b1 * (m / c1_next.astype(m.dtype))
+                         + (1 - b1) * (g / c1.astype(g.dtype)))
+            u = m_hat / (jnp.sqrt(v / c2.astype(v.dtype) + eps_root) + eps)
             # The state keeps its dtype whatever the hyperparameters' dtypes: an fp32
             # array b1 must not promote a bf16 moment (a scan carry would change type).
             m = m.astype(m_old.dtype if mu_dtype is None else mu_dtype)
@@ -95,7 +103,8 @@ class ScaleByAdam(Transform):
 
 
 def scale_by_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, eps_root: Any = 0.0,
-                  mu_dtype: Any = None, nu_dtype: Any = None) -> ScaleByAdam:
+                  mu_dtype: Any = None, nu_dtype: Any = None, *,
+                  nesterov: bool = False) -> ScaleByAdam:
     """Rescales updates by Adam's bias-corrected moment estimates.
 
     With ``g`` the incoming update and ``t`` the 1-based step::
@@ -103,6 +112,12 @@ def scale_by_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, eps_root: Any
         m <- b1 * m + (1 - b1) * g
         v <- b2 * v + (1 - b2) * g**2
         u <- (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t) + eps_root) + eps)
+
+    With ``nesterov=True`` (NAdam, Dozat 2016, as in optax) the first factor looks
+    one step ahead::
+
+        u <- (b1 * m / (1 - b1**(t+1)) + (1 - b1) * g / (1 - b1**t))
+             / (sqrt(v / (1 - b2**t) + eps_root) + eps)
 
     Args:
         b1: decay of the first moment, in [0, 1); a float, array or schedule.
@@ -112,6 +127,7 @@ def scale_by_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, eps_root: Any
         mu_dtype: dtype of ``mu`` in the state (e.g. ``jnp.float32`` for bf16
             params); ``None`` keeps the params' dtype.
         nu_dtype: dtype of ``nu`` likewise.
+        nesterov: use Nesterov momentum (NAdam); static.
 
     Example:
         >>> tx = jt.chain(jt.scale_by_adam(b1=0.9), jt.scale_by_learning_rate(1e-3))
@@ -125,6 +141,7 @@ def scale_by_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, eps_root: Any
         eps_root=hp.as_hyper(eps_root),
         mu_dtype=None if mu_dtype is None else jnp.dtype(mu_dtype),
         nu_dtype=None if nu_dtype is None else jnp.dtype(nu_dtype),
+        nesterov=bool(nesterov),
     )
 
 
@@ -222,6 +239,8 @@ class ScaleByRms(Transform):
     eps: Any
     initial_scale: Any
     centered: bool = static_field(default=False)
+    eps_in_sqrt: bool = static_field(default=True)
+    bias_correction: bool = static_field(default=False)
 
     def init(self, params):
         hp.check_float_params("scale_by_rms", params)
@@ -236,11 +255,19 @@ class ScaleByRms(Transform):
         decay = hp.value_at(self.decay, state.count)
         eps = hp.value_at(self.eps, state.count)
         count = jtree.increment(state.count)
+        c = jtree.bias_correction(decay, count) if self.bias_correction else None
+        eps_in_sqrt = self.eps_in_sqrt
+
+        def debias(x):
+            return x if c is None else x / c.astype(x.dtype)
+
+        def scaling(var):
+            return jax.lax.rsqrt(var + eps) if eps_in_sqrt else 1 / (jnp.sqrt(var) + eps)
 
         if not self.centered:
             def leaf(g, v):
                 v = ((1 - decay) * g**2 + decay * v).astype(v.dtype)
-                return jax.lax.rsqrt(v + eps) * g, v
+                return scaling(debias(v)) * g, v
 
             out = jtree.map_checked(leaf, updates, state.nu, names=("updates", "state.nu"),
                                     where="scale_by_rms.update")
@@ -251,7 +278,8 @@ class ScaleByRms(Transform):
             m = ((1 - decay) * g + decay * m).astype(m.dtype)
             v = ((1 - decay) * g**2 + decay * v).astype(v.dtype)
             # The variance estimate can round below zero; clamp it so sqrt stays real.
-            return jax.lax.rsqrt(jnp.maximum(v - m * m, 0) + eps) * g, v, m
+            m_hat = debias(m)
+            return scaling(jnp.maximum(debias(v) - m_hat * m_hat, 0)) * g, v, m
 
         out = jtree.map_checked(centered_leaf, updates, state.nu, state.mu,
                                 names=("updates", "state.nu", "state.mu"),
@@ -261,7 +289,8 @@ class ScaleByRms(Transform):
 
 
 def scale_by_rms(decay: Any = 0.9, eps: Any = 1e-8, centered: bool = False, *,
-                 initial_scale: Any = 0.0) -> ScaleByRms:
+                 initial_scale: Any = 0.0, eps_in_sqrt: bool = True,
+                 bias_correction: bool = False) -> ScaleByRms:
     """Divides each coordinate by the root of a running mean of its squares (RMSProp).
 
     Same numbers as optax's ``scale_by_rms`` (``centered=False``) and
@@ -275,8 +304,12 @@ def scale_by_rms(decay: Any = 0.9, eps: Any = 1e-8, centered: bool = False, *,
 
         u  <- g / sqrt(max(nu - mu**2, 0) + eps)
 
+    ``eps_in_sqrt=False`` divides by ``sqrt(.) + eps`` instead (PyTorch's placement);
+    ``bias_correction=True`` divides ``nu`` and ``mu`` by ``1 - decay**t`` first (``t``
+    the 1-based step), as Adam does. Both as in optax.
+
     The state is always a :class:`ScaleByRmsState` (``mu`` is ``None`` when not
-    centered), so ``centered`` never changes the state's type.
+    centered), so neither ``centered`` nor ``bias_correction`` changes its type.
 
     Args:
         decay: the running mean's decay rate, in [0, 1); a float, an array or a
@@ -286,6 +319,8 @@ def scale_by_rms(decay: Any = 0.9, eps: Any = 1e-8, centered: bool = False, *,
             square (static).
         initial_scale: the starting value of ``nu`` (0 as in optax and PyTorch; TF1
             used 1); a number or an array, read once by ``init``.
+        eps_in_sqrt: add ``eps`` inside the square root (static).
+        bias_correction: debias the running means by ``1 - decay**t`` (static).
 
     Example:
         >>> tx = jt.chain(jt.scale_by_rms(decay=0.9), jt.scale_by_learning_rate(1e-3))
@@ -294,4 +329,5 @@ def scale_by_rms(decay: Any = 0.9, eps: Any = 1e-8, centered: bool = False, *,
     check_eps("scale_by_rms", "eps", eps)
     check_initial("scale_by_rms", "initial_scale", initial_scale)
     return ScaleByRms(decay=hp.as_hyper(decay), eps=hp.as_hyper(eps),
-                      initial_scale=initial_scale, centered=bool(centered))
+                      initial_scale=initial_scale, centered=bool(centered),
+                      eps_in_sqrt=bool(eps_in_sqrt), bias_correction=bool(bias_correction))
