@@ -88,17 +88,19 @@ def _is_hashable(x: Any) -> bool:
 class _Static:
     """Wraps a static field value so the treedef can hash and compare it."""
 
-    __slots__ = ("_key", "value")
+    __slots__ = ("_hash", "_key", "value")
 
     def __init__(self, value: Any):
         self.value = value
         self._key = _freeze(value)
+        self._hash = hash(self._key)
 
     def __hash__(self) -> int:
-        return hash(self._key)
+        return self._hash
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Static) and self._key == other._key
+        return self is other or (isinstance(other, _Static) and self._hash == other._hash
+                                 and self._key == other._key)
 
     def __repr__(self) -> str:
         return f"_Static({self.value!r})"
@@ -126,15 +128,24 @@ class Struct:
             cls, cls._flatten_with_keys, cls._unflatten, cls._flatten
         )
 
+    def _aux(self) -> tuple:
+        # Built once per object and handed on by unflatten: jit compares the treedef
+        # of its arguments on every call, and freezing a large static field (a
+        # layout of thousands of shapes) each time would cost milliseconds.
+        aux = self.__dict__.get("_static_aux")
+        if aux is None:
+            aux = tuple(_Static(getattr(self, n)) for n in self._meta_fields)
+            object.__setattr__(self, "_static_aux", aux)
+        return aux
+
     def _flatten_with_keys(self):
         children = tuple(
             (jax.tree_util.GetAttrKey(n), getattr(self, n)) for n in self._data_fields
         )
-        return children, tuple(_Static(getattr(self, n)) for n in self._meta_fields)
+        return children, self._aux()
 
     def _flatten(self):
-        children = tuple(getattr(self, n) for n in self._data_fields)
-        return children, tuple(_Static(getattr(self, n)) for n in self._meta_fields)
+        return tuple(getattr(self, n) for n in self._data_fields), self._aux()
 
     @classmethod
     def _unflatten(cls, aux, children):
@@ -144,6 +155,7 @@ class Struct:
             object.__setattr__(obj, name, value)
         for name, value in zip(cls._meta_fields, aux):
             object.__setattr__(obj, name, value.value)
+        object.__setattr__(obj, "_static_aux", aux)
         return obj
 
     def _frozen(self) -> tuple:
