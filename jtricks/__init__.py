@@ -67,6 +67,6 @@ from jtricks import averaging, train
 
 # --- speed: flatten -----------------------------------------------------------------
 # isort: split
-from jtricks.transforms.flatten import Flatten, flatten
+from jtricks.transforms.flatten import FlatParams, Flatten, flat_params, flatten
 
 __version__ = "0.1.0"

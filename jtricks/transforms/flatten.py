@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtricks.base import Transform, as_transform, static_field
+from jtricks.base import Struct, Transform, as_transform, static_field
 
-__all__ = ["Flatten", "flatten", "group_by_dtype", "ungroup", "DEFAULT_MAX_SIZE"]
+__all__ = ["Flatten", "flatten", "group_by_dtype", "ungroup", "DEFAULT_MAX_SIZE",
+           "FlatParams", "flat_params"]
 
 DEFAULT_MAX_SIZE = 4096
 """Leaves with more elements than this keep their own arrays (see :func:`flatten`)."""
@@ -75,6 +76,33 @@ def _runtime_offsets(offsets: list[int], anchor: jax.Array) -> list[Any]:
                              lambda: tuple(jnp.asarray(v) for v in values)))
 
 
+def _cut(vec: jax.Array, shapes: list[tuple[int, ...]]) -> list[jax.Array]:
+    """``vec`` cut, in order, into consecutive pieces of the given shapes."""
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64).tolist()
+    pieces = []
+    for shape, size, offset in zip(shapes, sizes, _runtime_offsets(offsets, vec)):
+        if isinstance(offset, int):
+            piece = jax.lax.slice(vec, (offset,), (offset + size,))
+        else:
+            piece = jax.lax.dynamic_slice(vec, (offset,), (size,))
+        pieces.append(piece.reshape(shape))
+    return pieces
+
+
+def _split(vec: jax.Array, shapes: tuple[tuple[int, ...], ...]) -> list[jax.Array]:
+    """``vec`` cut into consecutive pieces of the given shapes with static slices.
+
+    Unlike :func:`_cut` this bakes each offset into the program: a consumer (a dot,
+    a fused elementwise kernel) then reads its piece in place, with no copy and no
+    kernel of its own, and the reverse-mode derivative is one concatenation. The
+    price is compile time (a distinct kernel per consumer), paid once.
+    """
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    pieces = jnp.split(vec, np.cumsum(sizes)[:-1].tolist()) if shapes else []
+    return [p.reshape(s) for p, s in zip(pieces, shapes)]
+
+
 def ungroup(grouped: dict[str, Any], like: Any, max_size: int | None = None) -> Any:
     """Inverse of :func:`group_by_dtype`: cuts each vector back into ``like``'s leaves.
 
@@ -87,17 +115,8 @@ def ungroup(grouped: dict[str, Any], like: Any, max_size: int | None = None) -> 
     for i, x in zip(big, grouped["leaves"]):
         out[i] = x
     for name, idx in groups.items():
-        vec = grouped["flat"][name]
-        shapes = [np.shape(leaves[i]) for i in idx]
-        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64).tolist()
-        for i, shape, size, offset in zip(idx, shapes, sizes,
-                                          _runtime_offsets(offsets, vec)):
-            if isinstance(offset, int):
-                piece = jax.lax.slice(vec, (offset,), (offset + size,))
-            else:
-                piece = jax.lax.dynamic_slice(vec, (offset,), (size,))
-            out[i] = piece.reshape(shape)
+        for i, piece in zip(idx, _cut(grouped["flat"][name], [np.shape(leaves[i]) for i in idx])):
+            out[i] = piece
     return jax.tree.unflatten(treedef, out)
 
 
@@ -173,3 +192,72 @@ def flatten(tx: Any, max_size: int | None = DEFAULT_MAX_SIZE) -> Flatten:
             f"{DEFAULT_MAX_SIZE}."
         )
     return Flatten(inner=as_transform(tx, where="flatten"), max_size=max_size)
+
+
+class FlatParams(Struct):
+    """Parameters stored as one vector per dtype; see :func:`flat_params`.
+
+    A pytree whose leaves are the vectors (``vectors``: dtype name -> 1-D array) and
+    whose layout (tree structure, shapes, order) is static, so ``jax.grad`` of a loss
+    that reads :meth:`tree` returns a ``FlatParams`` of gradient vectors, and any
+    optimizer (jtricks or optax) treats it as a tree of a few leaves.
+    """
+
+    vectors: dict[str, jax.Array]
+    treedef: Any = static_field()
+    shapes: tuple[tuple[int, ...], ...] = static_field()
+    groups: tuple[tuple[str, tuple[int, ...]], ...] = static_field()
+
+    def tree(self) -> Any:
+        """The parameters as their original tree: static pieces of the vectors, which
+        the model's kernels read in place; under ``jax.grad`` the pieces' gradients
+        are concatenated into one vector per dtype."""
+        out: list[Any] = [None] * len(self.shapes)
+        for name, idx in self.groups:
+            shapes = tuple(self.shapes[i] for i in idx)
+            for i, piece in zip(idx, _split(self.vectors[name], shapes)):
+                out[i] = piece
+        return jax.tree.unflatten(self.treedef, out)
+
+
+def flat_params(params: Any) -> FlatParams:
+    """Stores ``params`` as one vector per dtype, for models of very many small arrays.
+
+    Every array that enters and leaves a compiled step costs a few microseconds, and
+    every per-array kernel costs its launch: with thousands of small parameter
+    arrays those costs dominate a step. Kept as a :class:`FlatParams`, the
+    parameters cross the step boundary as one vector per dtype; the model reads them
+    through ``flat.tree()``, so the gradient arrives as the same few vectors and the
+    optimizer makes one pass over each. Numbers are those of the tree-shaped
+    parameters (Adam, SGD and every transform that treats coordinates independently
+    or through global sums)::
+
+        flat = jt.flat_params(params)
+        tx = jt.adam(1e-3)
+        state = tx.init(flat)                       # mu, nu: one vector per dtype
+        def loss_fn(flat, batch):
+            return model_loss(flat.tree(), batch)   # the model sees the usual tree
+        grads = jax.grad(loss_fn)(flat, batch)      # a FlatParams of vectors
+        updates, state = tx.update(grads, state, flat)
+        flat = jt.apply_updates(flat, updates)
+
+    Transforms that look at a leaf's shape (``adaptive_grad_clip``) or at the tree's
+    structure (masks, ``partition``) see the vectors instead: give those the tree
+    (use :func:`flatten` on the optimizer instead), or build the mask on the vectors.
+    When the parameters must stay a tree, :func:`flatten` keeps only the optimizer's
+    state flat.
+
+    Args:
+        params: a pytree of arrays (``None`` leaves are dropped).
+
+    Returns:
+        A :class:`FlatParams`; ``flat.tree()`` gives ``params`` back, bit for bit.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    groups, _ = _plan(leaves, None)
+    grouped = group_by_dtype(params)["flat"]
+    return FlatParams(
+        vectors=grouped, treedef=treedef,
+        shapes=tuple(tuple(np.shape(x)) for x in leaves),
+        groups=tuple((name, tuple(idx)) for name, idx in groups.items()),
+    )

@@ -1,0 +1,94 @@
+"""jt.flat_params: parameters stored as one vector per dtype, read through views.
+
+The model sees its usual tree, the gradient arrives as the same few vectors, and any
+optimizer gives the numbers it gives on the tree.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from conftest import grad_fn, loss, make_params
+
+import jtricks as jt
+
+
+def _mixed_params():
+    params = make_params(7)
+    params["half"] = {"w": jnp.linspace(-1, 1, 6, dtype=jnp.bfloat16).reshape(2, 3)}
+    return params
+
+
+def _assert_same_tree(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.shape == y.shape and x.dtype == y.dtype
+        np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32))
+
+
+def test_tree_gives_the_params_back_bit_for_bit():
+    params = _mixed_params()
+    flat = jt.flat_params(params)
+    assert {k: v.shape for k, v in flat.vectors.items()} == {
+        "bfloat16": (6,),
+        "float32": (sum(np.size(x) for x in jax.tree.leaves(make_params(7))),),
+    }
+    _assert_same_tree(flat.tree(), params)
+    _assert_same_tree(jax.jit(lambda f: f.tree())(flat), params)
+
+
+def test_gradient_arrives_flat_with_the_tree_gradient_values():
+    params = make_params(7)
+    flat = jt.flat_params(params)
+    g_flat = jax.jit(jax.grad(lambda f: loss(f.tree())))(flat)
+    assert isinstance(g_flat, jt.FlatParams)
+    assert len(jax.tree.leaves(g_flat)) == 1
+    _assert_same_tree(g_flat.tree(), grad_fn(params))
+
+
+def test_training_on_flat_params_equals_training_on_the_tree():
+    params = make_params(7)
+    for tx, apply in ((jt.adamw(1e-2, weight_decay=1e-2), jt.apply_updates),
+                      (optax.adam(1e-2), optax.apply_updates),
+                      (jt.chain(jt.clip_by_global_norm(1.0), jt.sgd(0.1, momentum=0.9)),
+                       jt.apply_updates)):
+
+        def run(p, tx=tx, apply=apply, read=lambda p: p):
+            s = tx.init(p)
+            for _ in range(20):
+                g = jax.grad(lambda q: loss(read(q)))(p)
+                u, s = tx.update(g, s, p)
+                p = apply(p, u)
+            return p
+
+        on_tree = jax.jit(run)(params)
+        on_flat = jax.jit(lambda f: run(f, read=jt.FlatParams.tree))(jt.flat_params(params))
+        for a, b in zip(jax.tree.leaves(on_flat.tree()), jax.tree.leaves(on_tree)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_optimizer_state_is_flat_and_the_step_donates():
+    flat = jt.flat_params(_mixed_params())
+    tx = jt.adam(1e-3)
+    state = tx.init(flat)
+    assert state[0].mu.vectors.keys() == flat.vectors.keys()
+
+    @jax.jit
+    def step(f, s):
+        g = jax.grad(lambda f: loss(f.tree()))(f)
+        u, s = tx.update(g, s, f)
+        return jt.apply_updates(f, u), s
+
+    expected = step(flat, state)
+    donated = jax.jit(step.__wrapped__, donate_argnums=(0, 1))
+    got = donated(jax.tree.map(jnp.copy, flat), tx.init(flat))
+    jax.tree.map(np.testing.assert_array_equal, got, expected)
+
+
+def test_flat_params_round_trip_through_a_checkpoint(tmp_path):
+    flat = jt.flat_params(_mixed_params())
+    path = jt.train.save(tmp_path / "flat.npz", flat)
+    restored = jt.train.restore(path, like=flat)
+    _assert_same_tree(restored.tree(), flat.tree())
