@@ -1,0 +1,138 @@
+"""Does storing the parameters flat pay, for a model of 2000 small arrays?
+
+A whole train step (forward, backward, Adam, apply; params and state donated) on a
+model of 1000 independent dense layers, (rows, 32) kernels and (32,) biases (the
+"2000 tiny" tree of ``run.py``), in four set-ups, side by side in one process:
+
+* ``tree + optax.adam`` / ``tree + jt.adam``: the params are a dict of 2000 arrays;
+* ``tree + jt.flatten(jt.adam)``: the same, Adam's state kept flat;
+* ``flat + jt.adam`` / ``flat + optax.adam``: the params are ONE vector
+  (``jt.flat_params``) and the model reads its layers as pieces of it
+  (``flat.tree()``), so the gradient arrives as one vector and Adam runs on a
+  single array;
+* ``ravel_pytree + jt.adam``: the same with ``jax.flatten_util.ravel_pytree``, whose
+  static slices compile one kernel per piece.
+
+Prints the median step time and the compile time of each; ``--json`` writes them.
+Usage: ``python benchmarks/flat_params.py [--size 1M] [--rounds 8] [--steps 10]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+from run import SIZES, loadavg, make_tree, tiny_2000
+
+import jtricks as jt
+
+BATCH = 8
+
+
+def forward_loss(params: dict, xs: list[jax.Array]) -> jax.Array:
+    """Each layer i maps its own input batch: sum_i mean(tanh(x_i @ W_i + b_i) ** 2)."""
+    names = sorted(params)
+    total = jnp.zeros((), jnp.float32)
+    for i, x in enumerate(xs):
+        w, b = params[names[2 * i]], params[names[2 * i + 1]]
+        total = total + jnp.mean(jnp.tanh(x @ w + b) ** 2)
+    return total
+
+
+def tree_step(tx, apply):
+    def step(params, state, xs):
+        grads = jax.grad(forward_loss)(params, xs)
+        updates, state = tx.update(grads, state, params)
+        return apply(params, updates), state
+    return step
+
+
+def flat_step(tx, unravel, apply=jt.apply_updates):
+    def step(flat, state, xs):
+        grads = jax.grad(lambda f: forward_loss(unravel(f), xs))(flat)
+        updates, state = tx.update(grads, state, flat)
+        return apply(flat, updates), state
+    return step
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="1M", choices=sorted(SIZES))
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    shapes = tiny_2000(SIZES[args.size])
+    key = jax.random.key(0)
+    params = make_tree(shapes, key, 0.1)
+    rows = shapes[0][0]
+    xs = [jax.random.normal(jax.random.fold_in(key, i), (BATCH, rows)) for i in range(1000)]
+    raveled, unravel = ravel_pytree(params)
+    flat = jt.flat_params(params)
+
+    setups = {
+        "tree + optax.adam": (tree_step(optax.adam(1e-3), optax.apply_updates), params,
+                              optax.adam(1e-3)),
+        "tree + jt.adam": (tree_step(jt.adam(1e-3), jt.apply_updates), params, jt.adam(1e-3)),
+        "tree + jt.flatten(adam)": (tree_step(jt.flatten(jt.adam(1e-3)), jt.apply_updates),
+                                    params, jt.flatten(jt.adam(1e-3))),
+        "flat + jt.adam": (flat_step(jt.adam(1e-3), jt.FlatParams.tree), flat,
+                           jt.adam(1e-3)),
+        "flat + optax.adam": (flat_step(optax.adam(1e-3), jt.FlatParams.tree,
+                                        optax.apply_updates), flat, optax.adam(1e-3)),
+        "ravel_pytree + jt.adam": (flat_step(jt.adam(1e-3), unravel), raveled,
+                                   jt.adam(1e-3)),
+    }
+    runs = {}
+    for name, (step, p, tx) in setups.items():
+        p = jax.tree.map(jnp.copy, p)
+        s = tx.init(p)
+        t0 = time.perf_counter()
+        compiled = jax.jit(step, donate_argnums=(0, 1)).lower(p, s, xs).compile()
+        runs[name] = {"compiled": compiled, "args": (p, s), "times": [],
+                      "compile_s": time.perf_counter() - t0}
+        print(f"compiled {name} in {runs[name]['compile_s']:.1f} s", flush=True)
+
+    def go(run, n):
+        args = run["args"]
+        for _ in range(n):
+            t0 = time.perf_counter()
+            args = run["compiled"](*args, xs)
+            jax.block_until_ready(args)
+            run["times"].append(time.perf_counter() - t0)
+        run["args"] = args
+
+    order = list(runs.values())
+    for r in order:
+        go(r, 3)
+        r["times"].clear()
+    for i in range(args.rounds):  # alternate who goes first
+        k = i % len(order)
+        for r in order[k:] + order[:k]:
+            go(r, args.steps)
+
+    base = statistics.median(runs["tree + optax.adam"]["times"])
+    print(f"\n2000 arrays ({args.size}), batch {BATCH}; load {loadavg()}")
+    print(f"{'set-up':28s} {'ms/step':>8s} {'vs optax':>9s} {'compile s':>10s}")
+    out = {}
+    for name, r in runs.items():
+        ms = 1e3 * statistics.median(r["times"])
+        out[name] = {"ms": ms, "compile_s": r["compile_s"], "vs_optax": ms / (1e3 * base)}
+        print(f"{name:28s} {ms:8.2f} {ms / (1e3 * base):9.2f} {r['compile_s']:10.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
