@@ -6,6 +6,10 @@ small arrays. That part of the state *stays* flat from step to step: only the
 incoming small gradients (and params, when the inner transform reads them) are
 gathered each step, and the outgoing updates are cut back into the params' shapes.
 Larger leaves pass through as they are.
+
+:func:`flat_params` goes one step further for models whose code can read its
+parameters from a container: the parameters themselves live in one vector per dtype,
+so nothing is gathered or cut per step outside the model.
 """
 
 from __future__ import annotations
