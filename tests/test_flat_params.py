@@ -92,3 +92,30 @@ def test_flat_params_round_trip_through_a_checkpoint(tmp_path):
     path = jt.train.save(tmp_path / "flat.npz", flat)
     restored = jt.train.restore(path, like=flat)
     _assert_same_tree(restored.tree(), flat.tree())
+
+
+def test_make_step_trains_flat_params_like_the_tree():
+    params = make_params(7)
+
+    def loss_fn(read):
+        def fn(p, model_state, batch, key):
+            del key
+            return loss(read(p)) * batch, (model_state, {})
+        return fn
+
+    def train(p, read):
+        step = jt.train.make_step(loss_fn(read), jt.adam(1e-2),
+                                  averaging=jt.averaging.ema(0.9))
+        state = step.init(p, jax.random.key(0), {})
+        for _ in range(5):
+            state, metrics = step(state, jnp.float32(1.0))
+        return state, metrics
+
+    on_tree, m_tree = train(params, lambda p: p)
+    on_flat, m_flat = train(jt.flat_params(params), jt.FlatParams.tree)
+    np.testing.assert_allclose(m_flat["grad_norm"], m_tree["grad_norm"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(on_flat.params.tree()), jax.tree.leaves(on_tree.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(on_flat.averages.mean.tree()),
+                    jax.tree.leaves(on_tree.averages.mean)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
