@@ -77,7 +77,6 @@ class ScaleByAdam(Transform):
         c2 = jtree.bias_correction(b2, count)
         # Nesterov (NAdam) looks one step ahead: the next step's debiased momentum.
         c1_next = jtree.bias_correction(b1, jtree.increment(count)) if self.nesterov else None
-        mu_dtype, nu_dtype = self.mu_dtype, self.nu_dtype
 
         def leaf(g, m_old, v_old):
             # One fused elementwise pass: read g, m, v once; write u, m, v once.
@@ -89,10 +88,11 @@ class ScaleByAdam(Transform):
                 m_hat = (b1 * (m / c1_next.astype(m.dtype))
                          + (1 - b1) * (g / c1.astype(g.dtype)))
             u = m_hat / (jnp.sqrt(v / c2.astype(v.dtype) + eps_root) + eps)
-            # The state keeps its dtype whatever the hyperparameters' dtypes: an fp32
-            # array b1 must not promote a bf16 moment (a scan carry would change type).
-            m = m.astype(m_old.dtype if mu_dtype is None else mu_dtype)
-            v = v.astype(v_old.dtype if nu_dtype is None else nu_dtype)
+            # The state keeps the dtype init gave it (mu_dtype/nu_dtype or the params'):
+            # an fp32 array b1 must not promote a bf16 moment (a scan carry would
+            # change type).
+            m = m.astype(m_old.dtype)
+            v = v.astype(v_old.dtype)
             return u, m, v
 
         out = jtree.map_checked(leaf, updates, state.mu, state.nu,
