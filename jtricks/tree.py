@@ -99,9 +99,7 @@ def map_checked(fn: Callable, tree: PyTree, *rest: PyTree, names: Sequence[str] 
     names = tuple(names) or tuple(f"tree #{i}" for i in range(len(trees)))
 
     def checked(*leaves):
-        # Only arrays (and tracers) are compared: a static Python bool mask or a
-        # Python float hyperparameter broadcasts by design.
-        shapes = {x.shape for x in leaves if isinstance(x, (jax.Array, np.ndarray))}
+        shapes = {_array_shape(x) for x in leaves} - {None}
         if len(shapes) > 1:
             raise _ShapeMismatch
         return fn(*leaves)
@@ -116,6 +114,12 @@ def map_checked(fn: Callable, tree: PyTree, *rest: PyTree, names: Sequence[str] 
         raise _structure_error(where, names, trees, is_leaf) from None
 
 
+def _array_shape(x: Any) -> tuple[int, ...] | None:
+    """The shape of an array or tracer; ``None`` for Python scalars and static values
+    (a bool mask, a float hyperparameter), which broadcast by design."""
+    return x.shape if isinstance(x, (jax.Array, np.ndarray)) else None
+
+
 class _ShapeMismatch(Exception):
     """Raised inside :func:`map_checked` to leave the map before reporting."""
 
@@ -124,8 +128,7 @@ def _shape_error(where: str, names: Sequence[str], trees: Sequence[PyTree],
                  is_leaf: Callable | None) -> ValueError:
     flat = [jax.tree_util.tree_flatten_with_path(t, is_leaf=is_leaf)[0] for t in trees]
     for entries in zip(*flat):
-        shapes = [x.shape if isinstance(x, (jax.Array, np.ndarray)) else None
-                  for _, x in entries]
+        shapes = [_array_shape(x) for _, x in entries]
         if len({s for s in shapes if s is not None}) > 1:
             listed = ", ".join(f"{n}{keystr(path)} has shape {s}"
                                for n, (path, _), s in zip(names, entries, shapes)
