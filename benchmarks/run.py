@@ -1,7 +1,7 @@
 """Optimizer step time of jtricks against optax, side by side in one process.
 
     python benchmarks/run.py            # every case (minutes; compiles of 2000-leaf trees)
-    python benchmarks/run.py --quick    # a representative subset, under 2 minutes
+    python benchmarks/run.py --quick    # a representative subset (no optax.flatten), < 2 min
 
 For every case (a parameter tree x an optimizer) each library's full step
 
@@ -22,6 +22,19 @@ momentum/adagrad/rmsprop 20, adam 28 for fp32) reaches the fraction
 of that floor. Peak memory comes from the compiled executable's
 ``memory_analysis`` (arguments + outputs - aliased + temporaries) and is set
 against params + grads + state.
+
+Two more columns bound what any optimizer can do on a tree: *no-op* is a donated
+step that takes jtricks' params, state and grads and returns params and state
+unchanged (what moving those arrays in and out of a compiled program costs), and
+*flat_params* runs the jtricks optimizer on the same numbers stored as
+``jt.flat_params`` (params and grads one vector per dtype, as a model reading
+``flat.tree()`` gets them).
+
+Build order matters on XLA CPU: of identical executables compiled one after
+another, later ones run measurably slower (up to ~15% for 2000-array steps here).
+Each library's step is therefore compiled twice, in mirrored order
+(A B C ... C B A), and both copies are timed; every library's times then come from
+the same average position.
 
 Results go to ``benchmarks/results/<platform>[-quick].json`` and to the section of
 ``benchmarks/RESULTS.md`` between the ``optimizers`` markers (the rest of that file
@@ -191,10 +204,15 @@ def tree_bytes(tree: Any) -> int:
                for x in jax.tree.leaves(tree))
 
 
-def optimizer_runner(lib: str, tx: Any, params: dict, grads: dict) -> tuple[Runner, int]:
+def optimizer_runner(lib: str, tx: Any, params: Any, grads: Any,
+                     noop: bool = False) -> tuple[Runner, int]:
+    """A donated ``update + apply`` step of ``tx`` (or, with ``noop``, one that
+    returns its params and state untouched), with its own copy of params and state."""
     apply = jt.apply_updates if lib.startswith("jtricks") else optax.apply_updates
 
     def step(p, s, g):
+        if noop:
+            return p, s
         u, s = tx.update(g, s, p)
         return apply(p, u), s
 
@@ -202,6 +220,20 @@ def optimizer_runner(lib: str, tx: Any, params: dict, grads: dict) -> tuple[Runn
     state = tx.init(params)
     runner = build(lib, step, (params, state), (grads,), donate=(0, 1))
     return runner, tree_bytes(state)
+
+
+def mirrored(makers: dict[str, Callable[[], Runner]],
+             once: tuple[str, ...] = ()) -> dict[str, list[Runner]]:
+    """Builds every runner twice in mirrored order (A B C C B A); names in ``once``
+    are built a single time in the middle. On XLA CPU an executable compiled later
+    runs slower than an identical one compiled earlier, so each library's two
+    copies together sit at the same average position."""
+    twice = [name for name in makers if name not in once]
+    order = twice + [name for name in makers if name in once] + twice[::-1]
+    built: dict[str, list[Runner]] = {name: [] for name in makers}
+    for name in order:
+        built[name].append(makers[name]())
+    return built
 
 
 _TRIADS: dict[int, Any] = {}
@@ -228,7 +260,7 @@ def median_ms(times: list[float]) -> float:
 
 
 def run_case(tree: str, size: str, opt: str, *, rounds: int, steps: int, warmup: int,
-             flat_variants: bool, seed: int = 0) -> dict | None:
+             flat_variants: bool, optax_flatten: bool = True, seed: int = 0) -> dict | None:
     nbytes, make_jt, make_ox = OPTIMIZERS[opt]
     try:
         jt_tx, ox_tx = make_jt(), make_ox()
@@ -241,15 +273,33 @@ def run_case(tree: str, size: str, opt: str, *, rounds: int, steps: int, warmup:
     grads = make_tree(shapes, jax.random.fold_in(key, 1), 1e-3)
     n = sum(int(np.prod(s)) for s in shapes)
     txs = {"jtricks": jt_tx, "optax": ox_tx}
-    if flat_variants and hasattr(jt, "flatten"):
+    once: tuple[str, ...] = ("jtricks no-op",)
+    if flat_variants:
         txs["jtricks flatten"] = jt.flatten(make_jt())
-        if opt in OPTAX_FLATTEN:  # compiling optax.flatten at 2000 leaves takes ~40 s
+        txs["jtricks flat_params"] = make_jt()
+        if optax_flatten and opt in OPTAX_FLATTEN:  # ~15-40 s to compile at 2000 leaves
             txs["optax.flatten"] = optax.flatten(make_ox())
-    runners, state_bytes = {}, {}
-    for lib, tx in txs.items():
-        runners[lib], state_bytes[lib] = optimizer_runner(lib, tx, params, grads)
+            once += ("optax.flatten",)  # informative only: one copy, in the middle
+        # The same optimizer on ONE array of the same size, timed in the same window:
+        # leaf-count independence compares against it (not against another case's run).
+        txs["jtricks 1 leaf"] = make_jt()
+    txs["jtricks no-op"] = jt_tx
+    inputs = {"flat_params": (jt.flat_params(params), jt.flat_params(grads)),
+              "1 leaf": ({"w": jnp.concatenate([x.ravel() for x in params.values()])},
+                         {"w": jnp.concatenate([x.ravel() for x in grads.values()])})}
+
+    def maker(lib: str, tx: Any) -> Callable[[], Runner]:
+        def make() -> Runner:
+            p, g = next((v for k, v in inputs.items() if lib.endswith(k)), (params, grads))
+            runner, state_bytes[lib] = optimizer_runner(lib, tx, p, g,
+                                                        noop=lib.endswith("no-op"))
+            return runner
+        return make
+
+    state_bytes: dict[str, int] = {}
+    runners = mirrored({lib: maker(lib, tx) for lib, tx in txs.items()}, once=once)
     floor = triad_runner(n, jax.random.fold_in(key, 2))
-    order = [floor, *runners.values()]
+    order = [floor, *(r for copies in runners.values() for r in copies)]
     for r in order:
         r.run(warmup)
     # Sub-millisecond steps are noisy: give each round of each library at least ~20 ms
@@ -268,24 +318,30 @@ def run_case(tree: str, size: str, opt: str, *, rounds: int, steps: int, warmup:
     out = {"tree": tree, "size": size, "optimizer": opt, "n_params": n,
            "n_leaves": len(shapes), "bytes_per_param": nbytes, "floor_ms": floor_ms,
            "floor_GBps": floor_gbs, "timed_steps": rounds * steps, "libs": {}}
-    for lib, r in runners.items():
-        ms = median_ms(r.times)
+    for lib, copies in runners.items():
+        times = [t for r in copies for t in r.times]
+        ms = median_ms(times)
         gbs = nbytes * n / ms / 1e6
+        r = copies[0]
         mem = r.memory
         peak = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"] if mem else None
         need = base + state_bytes[lib]
         out["libs"][lib] = {
-            "ms": ms, "ms_p10": 1e3 * float(np.percentile(r.times, 10)),
-            "ms_p90": 1e3 * float(np.percentile(r.times, 90)),
+            "ms": ms, "ms_p10": 1e3 * float(np.percentile(times, 10)),
+            "ms_p90": 1e3 * float(np.percentile(times, 90)),
+            "ms_copies": [median_ms(c.times) for c in copies],
             "GBps": gbs, "floor_frac": gbs / floor_gbs,
-            "lower_s": r.lower_s, "compile_s": r.compile_s, "kernels": r.kernels,
+            "lower_s": statistics.mean(c.lower_s for c in copies),
+            "compile_s": statistics.mean(c.compile_s for c in copies),
+            "kernels": r.kernels,
             "memory": mem, "peak_bytes": peak, "params_grads_state_bytes": need,
             "peak_over_needed": None if peak is None else peak / need,
         }
     jt_ms, ox_ms = out["libs"]["jtricks"]["ms"], out["libs"]["optax"]["ms"]
     out["ratio"] = jt_ms / ox_ms
-    for r in runners.values():  # free device memory before the next case
-        r.args = r.extra = r.compiled = None
+    for copies in runners.values():  # free device memory before the next case
+        for r in copies:
+            r.args = r.extra = r.compiled = None
     del runners
     gc.collect()
     return out
@@ -341,17 +397,24 @@ def markdown(report: dict) -> str:
         "floor%: achieved GB/s (ideal bytes per param: sgd 12, momentum/adagrad/rmsprop 20, "
         "adam 28) over the in-place triad's GB/s measured in the same window; compile: "
         "lower + compile in s; kernels: top-level operations in the compiled step; peak: "
-        "step memory (args + outputs - aliased + temporaries) over params + grads + state.",
+        "step memory (args + outputs - aliased + temporaries) over params + grads + state; "
+        "no-op: a donated step returning jtricks' params and state untouched (the cost of "
+        "moving the arrays alone); flat_params: the jtricks optimizer on the same numbers "
+        "stored as `jt.flat_params` (one vector per dtype); 1 leaf: the jtricks optimizer "
+        "on one array of the same size, in the same window. Each library is compiled twice "
+        "in mirrored order and both copies timed (later-compiled executables run slower "
+        "on XLA CPU).",
         "",
         "| tree | size | optimizer | jtricks ms | optax ms | ratio | jt floor% | optax floor% "
         "| floor GB/s | jt compile s | optax compile s | jt kernels | optax kernels "
-        "| jt peak | optax peak | jt flatten ms | optax.flatten ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| jt peak | optax peak | no-op ms | jt flatten ms | jt flat_params ms "
+        "| optax.flatten ms | jt 1 leaf ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in report["cases"]:
         j, o = c["libs"]["jtricks"], c["libs"]["optax"]
-        jf = c["libs"].get("jtricks flatten")
-        of = c["libs"].get("optax.flatten")
+        def ms(lib, libs=c["libs"]):
+            return fmt_ms(libs[lib]["ms"]) if lib in libs else "-"
 
         def peak(x):
             return "n/a" if x["peak_over_needed"] is None else f"{x['peak_over_needed']:.2f}x"
@@ -362,7 +425,8 @@ def markdown(report: dict) -> str:
             f"{100 * o['floor_frac']:.0f}% | {c['floor_GBps']:.1f} | "
             f"{j['lower_s'] + j['compile_s']:.2f} | {o['lower_s'] + o['compile_s']:.2f} | "
             f"{j['kernels']} | {o['kernels']} | {peak(j)} | {peak(o)} | "
-            f"{fmt_ms(jf['ms']) if jf else '-'} | {fmt_ms(of['ms']) if of else '-'} |"
+            f"{ms('jtricks no-op')} | {ms('jtricks flatten')} | "
+            f"{ms('jtricks flat_params')} | {ms('optax.flatten')} | {ms('jtricks 1 leaf')} |"
         )
     return "\n".join(lines) + "\n" + targets(report)
 
@@ -372,13 +436,6 @@ def _find(report: dict, tree: str, size: str, opt: str) -> dict | None:
         if (c["tree"], c["size"], c["optimizer"]) == (tree, size, opt):
             return c
     return None
-
-
-def _best_jt(c: dict) -> tuple[str, dict]:
-    """jtricks' faster path for a case: the default or ``jt.flatten``."""
-    libs = {k: v for k, v in c["libs"].items() if k.startswith("jtricks")}
-    name = min(libs, key=lambda k: libs[k]["ms"])
-    return name, libs[name]
 
 
 def _extra_bytes(case: dict) -> float:
@@ -404,20 +461,29 @@ def targets(report: dict) -> str:
         add("16M, 1 leaf, clip+adam+sched: jtricks / optax", f"{c['ratio']:.2f}", "<= 0.50",
             c["ratio"] <= 0.50)
     for opt in OPTIMIZERS:
-        one, many = _find(report, "1 leaf", "16M", opt), _find(report, "200 mixed", "16M", opt)
-        if one and many:
-            r = many["libs"]["jtricks"]["ms"] / one["libs"]["jtricks"]["ms"]
-            add(f"16M, {opt}: jtricks 200 leaves / 1 leaf", f"{r:.2f}", "<= 1.10", r <= 1.10)
+        many = _find(report, "200 mixed", "16M", opt)
+        if many and "jtricks 1 leaf" in many["libs"]:
+            libs = many["libs"]
+            base = libs["jtricks 1 leaf"]["ms"]
+            r = libs["jtricks"]["ms"] / base
+            flat = libs.get("jtricks flat_params")
+            more = f"; flat_params {flat['ms'] / base:.2f}" if flat else ""
+            add(f"16M, {opt}: jtricks 200 leaves / 1 leaf (same window)",
+                f"{r:.2f} (no-op step on the 200 leaves: {libs['jtricks no-op']['ms'] / base:.2f}"
+                f"{more})", "<= 1.10", r <= 1.10)
     c = _find(report, "2000 tiny", "1M", "adam")
     if c:
-        name, best = _best_jt(c)
-        r = best["ms"] / c["libs"]["optax"]["ms"]
-        add(f"1M, 2000 leaves, adam: {name} / optax", f"{r:.2f}", "<= 0.33", r <= 1 / 3)
+        for name in ("jtricks flatten", "jtricks flat_params"):
+            if name in c["libs"]:
+                r = c["libs"][name]["ms"] / c["libs"]["optax"]["ms"]
+                add(f"1M, 2000 leaves, adam: {name} / optax", f"{r:.2f} (no-op "
+                    f"{c['libs']['jtricks no-op']['ms'] / c['libs']['optax']['ms']:.2f})",
+                    "<= 0.33", r <= 1 / 3)
     c = _find(report, "2000 tiny", "1M", "clip+adam+sched")
     if c:
         o = c["libs"]["optax"]
         for name, v in c["libs"].items():
-            if name.startswith("jtricks"):
+            if name in ("jtricks", "jtricks flatten", "jtricks flat_params"):
                 r = (v["lower_s"] + v["compile_s"]) / (o["lower_s"] + o["compile_s"])
                 add(f"compile, clip+adam+sched, 2000 leaves, 1M: {name} / optax",
                     f"{r:.2f}", "<= 0.10", r <= 0.10)
@@ -451,7 +517,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-flat", action="store_true", help="skip the flatten variants")
     ap.add_argument("--out", default=None, help="JSON path (default: results/<platform>)")
     ap.add_argument("--no-markdown", action="store_true", help="leave RESULTS.md alone")
+    ap.add_argument("--render", default=None, metavar="JSON",
+                    help="write RESULTS.md's section from a saved report; run nothing")
     args = ap.parse_args(argv)
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        replace_section(HERE / "RESULTS.md", "optimizers", markdown(report),
+                        "Optimizer step: jtricks vs optax")
+        return report
     rounds = args.rounds or (4 if args.quick else 6)
     steps = args.steps or 5
     if args.quick:
@@ -466,13 +539,13 @@ def main(argv: list[str] | None = None) -> dict:
     for tree, size, opt in cases:
         flat = not args.no_flat and tree != "1 leaf"
         res = run_case(tree, size, opt, rounds=rounds, steps=steps, warmup=args.warmup,
-                       flat_variants=flat)
+                       flat_variants=flat, optax_flatten=not args.quick)
         if res is None:
             continue
         report["cases"].append(res)
         j, o = res["libs"]["jtricks"], res["libs"]["optax"]
         extra = "".join(f"  {lib} {v['ms']:.2f}" for lib, v in res["libs"].items()
-                        if "flatten" in lib)
+                        if lib not in ("jtricks", "optax"))
         print(f"{tree:>9} {size:>3} {opt:<15} jt {j['ms']:7.2f} ms  optax {o['ms']:7.2f} ms"
               f"  ratio {res['ratio']:.2f}  floor {res['floor_ms']:.2f} ms"
               f"  compile {j['lower_s'] + j['compile_s']:.1f}/"
