@@ -13,7 +13,10 @@ model of 1000 independent dense layers, (rows, 32) kernels and (32,) biases (the
 * ``ravel_pytree + jt.adam``: the same with ``jax.flatten_util.ravel_pytree``, whose
   static slices compile one kernel per piece.
 
-Prints the median step time and the compile time of each; ``--json`` writes them.
+Each set-up is compiled twice in mirrored order (A B ... B A) and both copies are
+timed, since on XLA CPU a later-compiled executable runs slower than an identical
+earlier one. Prints the median step time and the mean compile time of each;
+``--json`` writes them.
 Usage: ``python benchmarks/flat_params.py [--size 1M] [--rounds 8] [--steps 10]``
 """
 
@@ -22,14 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
-from run import SIZES, loadavg, make_tree, tiny_2000
+from run import SIZES, build, loadavg, make_tree, mirrored, tiny_2000
 
 import jtricks as jt
 
@@ -78,55 +80,59 @@ def main(argv=None):
     raveled, unravel = ravel_pytree(params)
     flat = jt.flat_params(params)
 
+    # name -> (a fresh step function, params, optimizer). Each build needs its own
+    # function object: jit would hand a second build of the same function its cache.
     setups = {
-        "tree + optax.adam": (tree_step(optax.adam(1e-3), optax.apply_updates), params,
-                              optax.adam(1e-3)),
-        "tree + jt.adam": (tree_step(jt.adam(1e-3), jt.apply_updates), params, jt.adam(1e-3)),
-        "tree + jt.flatten(adam)": (tree_step(jt.flatten(jt.adam(1e-3)), jt.apply_updates),
-                                    params, jt.flatten(jt.adam(1e-3))),
-        "flat + jt.adam": (flat_step(jt.adam(1e-3), jt.FlatParams.tree), flat,
+        "tree + optax.adam": (lambda: tree_step(optax.adam(1e-3), optax.apply_updates),
+                              params, optax.adam(1e-3)),
+        "tree + jt.adam": (lambda: tree_step(jt.adam(1e-3), jt.apply_updates), params,
                            jt.adam(1e-3)),
-        "flat + optax.adam": (flat_step(optax.adam(1e-3), jt.FlatParams.tree,
-                                        optax.apply_updates), flat, optax.adam(1e-3)),
-        "ravel_pytree + jt.adam": (flat_step(jt.adam(1e-3), unravel), raveled,
+        "tree + jt.flatten(adam)": (lambda: tree_step(jt.flatten(jt.adam(1e-3)),
+                                                      jt.apply_updates),
+                                    params, jt.flatten(jt.adam(1e-3))),
+        "flat + jt.adam": (lambda: flat_step(jt.adam(1e-3), jt.FlatParams.tree), flat,
+                           jt.adam(1e-3)),
+        "flat + optax.adam": (lambda: flat_step(optax.adam(1e-3), jt.FlatParams.tree,
+                                                optax.apply_updates), flat, optax.adam(1e-3)),
+        "ravel_pytree + jt.adam": (lambda: flat_step(jt.adam(1e-3), unravel), raveled,
                                    jt.adam(1e-3)),
     }
-    runs = {}
-    for name, (step, p, tx) in setups.items():
-        p = jax.tree.map(jnp.copy, p)
-        s = tx.init(p)
-        t0 = time.perf_counter()
-        compiled = jax.jit(step, donate_argnums=(0, 1)).lower(p, s, xs).compile()
-        runs[name] = {"compiled": compiled, "args": (p, s), "times": [],
-                      "compile_s": time.perf_counter() - t0}
-        print(f"compiled {name} in {runs[name]['compile_s']:.1f} s", flush=True)
 
-    def go(run, n):
-        args = run["args"]
-        for _ in range(n):
-            t0 = time.perf_counter()
-            args = run["compiled"](*args, xs)
-            jax.block_until_ready(args)
-            run["times"].append(time.perf_counter() - t0)
-        run["args"] = args
+    def maker(name: str, make_step, p, tx):
+        def make():
+            p_copy = jax.tree.map(jnp.copy, p)
+            runner = build(name, make_step(), (p_copy, tx.init(p_copy)), (xs,),
+                           donate=(0, 1))
+            print(f"compiled {name} in {runner.lower_s + runner.compile_s:.1f} s", flush=True)
+            return runner
+        return make
 
-    order = list(runs.values())
+    # Each set-up compiled twice in mirrored order: later executables run slower.
+    runs = mirrored({name: maker(name, *setup) for name, setup in setups.items()})
+    order = [r for copies in runs.values() for r in copies]
     for r in order:
-        go(r, 3)
-        r["times"].clear()
+        r.run(3)
+        r.times.clear()
     for i in range(args.rounds):  # alternate who goes first
         k = i % len(order)
         for r in order[k:] + order[:k]:
-            go(r, args.steps)
+            r.run(args.steps)
 
-    base = statistics.median(runs["tree + optax.adam"]["times"])
+    def times(name):
+        return [t for r in runs[name] for t in r.times]
+
+    def compile_s(name):
+        return statistics.mean(r.lower_s + r.compile_s for r in runs[name])
+
+    base = statistics.median(times("tree + optax.adam"))
     print(f"\n2000 arrays ({args.size}), batch {BATCH}; load {loadavg()}")
     print(f"{'set-up':28s} {'ms/step':>8s} {'vs optax':>9s} {'compile s':>10s}")
     out = {}
-    for name, r in runs.items():
-        ms = 1e3 * statistics.median(r["times"])
-        out[name] = {"ms": ms, "compile_s": r["compile_s"], "vs_optax": ms / (1e3 * base)}
-        print(f"{name:28s} {ms:8.2f} {ms / (1e3 * base):9.2f} {r['compile_s']:10.1f}")
+    for name in runs:
+        ms = 1e3 * statistics.median(times(name))
+        out[name] = {"ms": ms, "compile_s": compile_s(name), "vs_optax": ms / (1e3 * base),
+                     "ms_copies": [1e3 * statistics.median(r.times) for r in runs[name]]}
+        print(f"{name:28s} {ms:8.2f} {ms / (1e3 * base):9.2f} {compile_s(name):10.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return out
