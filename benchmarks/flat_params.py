@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
-from run import SIZES, build, loadavg, make_tree, mirrored, tiny_2000
+from run import SIZES, build, loadavg, make_tree, mirrored, timed_rounds, tiny_2000
 
 import jtricks as jt
 
@@ -110,13 +110,7 @@ def main(argv=None):
     # Each set-up compiled twice in mirrored order: later executables run slower.
     runs = mirrored({name: maker(name, *setup) for name, setup in setups.items()})
     order = [r for copies in runs.values() for r in copies]
-    for r in order:
-        r.run(3)
-        r.times.clear()
-    for i in range(args.rounds):  # alternate who goes first
-        k = i % len(order)
-        for r in order[k:] + order[:k]:
-            r.run(args.steps)
+    timed_rounds(order, args.rounds, args.steps, warmup=3)
 
     def times(name):
         return [t for r in runs[name] for t in r.times]

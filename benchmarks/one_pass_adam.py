@@ -20,7 +20,7 @@ import statistics
 import jax
 import jax.numpy as jnp
 from jax import lax
-from run import SIZES, build, loadavg, mirrored
+from run import SIZES, build, loadavg, mirrored, timed_rounds
 
 B1, B2, EPS, LR = 0.9, 0.999, 1e-8, 1e-3
 
@@ -71,13 +71,7 @@ def main(argv=None):
     steps.update({f"scan chunks {c}": scan_chunks(c) for c in (1 << 16, 1 << 20)})
     runs = mirrored({name: maker(name, f) for name, f in steps.items()})
     order = [r for copies in runs.values() for r in copies]
-    for r in order:
-        r.run(2)
-        r.times.clear()
-    for i in range(args.rounds):
-        k = i % len(order)
-        for r in order[k:] + order[:k]:
-            r.run(args.steps)
+    timed_rounds(order, args.rounds, args.steps, warmup=2)
     print(f"Adam on one array of {n} floats; load {loadavg()}")
     for name, copies in runs.items():
         ms = 1e3 * statistics.median(t for r in copies for t in r.times)

@@ -236,6 +236,18 @@ def mirrored(makers: dict[str, Callable[[], Runner]],
     return built
 
 
+def timed_rounds(order: list[Runner], rounds: int, steps: int, warmup: int = 3) -> None:
+    """Warms every runner up, then times ``steps`` steps of each per round, rotating
+    who goes first, so drifts in machine load hit all of them alike."""
+    for r in order:
+        r.run(warmup)
+        r.times.clear()
+    for i in range(rounds):
+        k = i % len(order)
+        for r in order[k:] + order[:k]:
+            r.run(steps)
+
+
 _TRIADS: dict[int, Any] = {}
 
 
@@ -306,12 +318,7 @@ def run_case(tree: str, size: str, opt: str, *, rounds: int, steps: int, warmup:
     # of timed steps (at most 200), judged by the slowest library's warm-up.
     slowest = max(statistics.median(r.times) for r in order)
     steps = max(steps, min(200, math.ceil(0.02 / slowest)))
-    for r in order:
-        r.times.clear()
-    for i in range(rounds):  # alternate who goes first, so drifts in load hit all
-        k = i % len(order)
-        for r in order[k:] + order[:k]:
-            r.run(steps)
+    timed_rounds(order, rounds, steps, warmup=0)
     floor_ms = median_ms(floor.times)
     floor_gbs = 12 * n / floor_ms / 1e6
     base = 2 * tree_bytes(params)  # params + grads
