@@ -296,9 +296,9 @@ def run_case(tree: str, size: str, opt: str, *, rounds: int, steps: int, warmup:
         # leaf-count independence compares against it (not against another case's run).
         txs["jtricks 1 leaf"] = make_jt()
     txs["jtricks no-op"] = jt_tx
-    inputs = {"flat_params": (jt.flat_params(params), jt.flat_params(grads)),
-              "1 leaf": ({"w": jnp.concatenate([x.ravel() for x in params.values()])},
-                         {"w": jnp.concatenate([x.ravel() for x in grads.values()])})}
+    flat_p, flat_g = jt.flat_params(params), jt.flat_params(grads)  # all float32
+    inputs = {"flat_params": (flat_p, flat_g),
+              "1 leaf": ({"w": flat_p.vectors["float32"]}, {"w": flat_g.vectors["float32"]})}
 
     def maker(lib: str, tx: Any) -> Callable[[], Runner]:
         def make() -> Runner:
