@@ -1,23 +1,37 @@
 """jtricks: the tricks that make deep networks train, as pure JAX functions.
 
-``import jtricks as jt``; see the README for a tour.
+``import jtricks as jt``; see the README for a tour. The public API is flat: every
+optimizer, building block and wrapper is ``jt.<name>``; the other concerns are
+modules (``jt.schedules``, ``jt.init``, ``jt.layers``, ``jt.train``, ...).
 """
 
-# --- protocol and tree maths -------------------------------------------------------
-from jtricks import hyperparams, schedules, tree
+from jtricks import (
+    averaging,
+    data,
+    diagnostics,
+    hyperparams,
+    init,
+    layers,
+    patience,
+    regularization,
+    schedules,
+    train,
+    tree,
+)
 from jtricks.base import (
     Chain,
     EmptyState,
     Identity,
+    Schedule,
+    Stateless,
     Struct,
     Transform,
     apply_updates,
+    as_transform,
     chain,
     identity,
     static_field,
 )
-
-# --- optimizers and building blocks (transforms/, optimizers.py) --------------------
 from jtricks.optimizers import adagrad, adam, adamw, normalized_sgd, rmsprop, sgd
 from jtricks.transforms.adaptive import (
     ScaleByAdagradState,
@@ -34,39 +48,27 @@ from jtricks.transforms.clipping import (
     normalize_by_global_norm,
 )
 from jtricks.transforms.decay import add_decayed_weights
+from jtricks.transforms.flatten import FlatParams, Flatten, flat_params, flatten
+from jtricks.transforms.masking import (
+    MaskedNode,
+    MaskedState,
+    PartitionState,
+    masked,
+    partition,
+)
 from jtricks.transforms.momentum import TraceState, trace
+from jtricks.transforms.monitor import MonitorState, monitor
+from jtricks.transforms.plateau import ReduceOnPlateauState, reduce_on_plateau
 from jtricks.transforms.scaling import (
     ScaleByLearningRateState,
     scale,
     scale_by_learning_rate,
 )
-
-# --- schedules, plateau, wrappers (schedules.py, transforms/plateau.py, wrappers.py) -
-# isort: split
-from jtricks.transforms.plateau import ReduceOnPlateauState, reduce_on_plateau
 from jtricks.transforms.wrappers import (
     AccumulateState,
-    MaskedNode,
-    MaskedState,
-    PartitionState,
     SkipNonfiniteState,
     accumulate,
-    masked,
-    partition,
     skip_nonfinite,
 )
-
-# --- init, layers, data, regularization, diagnostics, monitor ----------------------
-# isort: split
-from jtricks import data, diagnostics, init, layers, regularization
-from jtricks.transforms.monitor import MonitorState, monitor
-
-# --- training, averaging, checkpoints ----------------------------------------------
-# isort: split
-from jtricks import averaging, train
-
-# --- speed: flatten -----------------------------------------------------------------
-# isort: split
-from jtricks.transforms.flatten import FlatParams, Flatten, flat_params, flatten
 
 __version__ = "0.1.0"

@@ -28,7 +28,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from jtricks import hyperparams as hp
@@ -47,11 +46,6 @@ __all__ = [
     "ensemble_step",
     "ensemble_predict",
 ]
-
-
-def _acc_dtype(x: Any) -> Any:
-    """The dtype an average of ``x`` is kept in: at least fp32."""
-    return jnp.promote_types(jnp.result_type(x), jnp.float32)
 
 
 def _cast_like(tree: PyTree, like: PyTree) -> PyTree:
@@ -74,7 +68,7 @@ class Ema(Struct):
     def init(self, params: PyTree) -> EmaState:
         # The mean starts at the params, so value() is meaningful before any update.
         # A copy, not the params' own buffer: a step that donates both must not alias.
-        mean = jax.tree.map(lambda p: jnp.array(p, _acc_dtype(p), copy=True), params)
+        mean = jax.tree.map(lambda p: jnp.array(p, jtree.acc_dtype(p), copy=True), params)
         return EmaState(count=jnp.zeros([], jnp.int32), mean=mean)
 
     def update(self, params: PyTree, state: EmaState) -> EmaState:
@@ -149,7 +143,7 @@ class Swa(Struct):
     every: Any
 
     def init(self, params: PyTree) -> SwaState:
-        mean = jax.tree.map(lambda p: jnp.array(p, _acc_dtype(p), copy=True), params)
+        mean = jax.tree.map(lambda p: jnp.array(p, jtree.acc_dtype(p), copy=True), params)
         return SwaState(count=jnp.zeros([], jnp.int32), n=jnp.zeros([], jnp.int32), mean=mean)
 
     def update(self, params: PyTree, state: SwaState) -> SwaState:
@@ -197,10 +191,10 @@ def swa(start: int, every: int = 1) -> Swa:
     Example:
         >>> avg = jt.averaging.swa(start=1000, every=100)
     """
-    hp.check("swa", "start", start, lambda x: (x >= 1) & (x == np.floor(x)),
-             "an integer >= 1 (the first 1-based step to average)")
-    hp.check("swa", "every", every, lambda x: (x >= 1) & (x == np.floor(x)),
-             "an integer >= 1 (the number of steps between snapshots)")
+    hp.check_integer("swa", "start", start, low=1,
+                     rule="an integer >= 1 (the first 1-based step to average)")
+    hp.check_integer("swa", "every", every, low=1,
+                     rule="an integer >= 1 (the number of steps between snapshots)")
     return Swa(start=start, every=every)
 
 

@@ -18,16 +18,16 @@ and a transform unpacks as ``init, update = tx`` so ``optax.chain`` accepts it.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jtricks import tree as jtree
+from jtricks.struct import Struct, static_field
 
 PyTree = Any
 Params = PyTree
@@ -37,142 +37,72 @@ OptState = PyTree
 __all__ = [
     "Struct",
     "static_field",
+    "Schedule",
+    "FunctionSchedule",
+    "is_schedule",
+    "value_at",
     "Transform",
+    "LrFactor",
     "EmptyState",
+    "Stateless",
     "Chain",
     "chain",
     "Identity",
     "identity",
     "Foreign",
+    "as_transform",
     "apply_updates",
 ]
 
 
-def static_field(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
-    """A dataclass field kept in the treedef (not a leaf): structural options."""
-    metadata = dict(kwargs.pop("metadata", {}) or {})
-    metadata["static"] = True
-    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+class Schedule(Struct):
+    """Base class of schedules: ``schedule(count) -> value`` for the 0-based update count.
 
-
-def _freeze(x: Any) -> Any:
-    """A hashable stand-in for ``x`` used by hash/eq of static fields and structs.
-
-    Python scalars compare by value (so two transforms built from the same floats are
-    equal and hash alike, as flax's static ``TrainState.tx`` needs); arrays and other
-    unhashable objects compare by identity (never by value, which would be ambiguous).
-    """
-    if isinstance(x, (bool, int, float, complex, str, bytes, type(None))):
-        return (type(x).__name__, x)
-    if isinstance(x, Struct):
-        return x._frozen()
-    if isinstance(x, dict):
-        return ("dict", tuple(sorted((repr(k), _freeze(v)) for k, v in x.items())))
-    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
-        return (type(x).__name__, tuple(_freeze(v) for v in x))
-    if isinstance(x, tuple):  # NamedTuple
-        return (type(x).__name__, tuple(_freeze(v) for v in x))
-    if isinstance(x, (jax.Array, np.ndarray)) or not _is_hashable(x):
-        return ("id", id(x))
-    return ("obj", x)
-
-
-def _is_hashable(x: Any) -> bool:
-    try:
-        hash(x)
-    except TypeError:
-        return False
-    return True
-
-
-class _Static:
-    """Wraps a static field value so the treedef can hash and compare it."""
-
-    __slots__ = ("_hash", "_key", "value")
-
-    def __init__(self, value: Any):
-        self.value = value
-        self._key = _freeze(value)
-        self._hash = hash(self._key)
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return self is other or (isinstance(other, _Static) and self._hash == other._hash
-                                 and self._key == other._key)
-
-    def __repr__(self) -> str:
-        return f"_Static({self.value!r})"
-
-
-class Struct:
-    """Base for frozen dataclass pytrees (transforms, schedules, scalers).
-
-    Subclasses are turned into frozen dataclasses and registered with JAX
-    automatically. Fields are children unless declared with :func:`static_field`.
-    Equality and hashing compare Python-scalar fields by value and array fields by
-    identity, so a struct built from Python numbers is hashable.
+    The schedules themselves live in :mod:`jtricks.schedules`; the base is here because
+    every hyperparameter may be one, so the protocol needs to recognise it.
     """
 
-    _data_fields: ClassVar[tuple[str, ...]] = ()
-    _meta_fields: ClassVar[tuple[str, ...]] = ()
+    def __call__(self, count: jax.Array) -> jax.Array:
+        raise NotImplementedError
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        dataclasses.dataclass(frozen=True, eq=False, repr=True)(cls)
-        fields = dataclasses.fields(cls)
-        cls._data_fields = tuple(f.name for f in fields if not f.metadata.get("static"))
-        cls._meta_fields = tuple(f.name for f in fields if f.metadata.get("static"))
-        jax.tree_util.register_pytree_with_keys(
-            cls, cls._flatten_with_keys, cls._unflatten, cls._flatten
-        )
 
-    def _aux(self) -> tuple:
-        # Built once per object and handed on by unflatten: jit compares the treedef
-        # of its arguments on every call, and freezing a large static field (a
-        # layout of thousands of shapes) each time would cost milliseconds.
-        aux = self.__dict__.get("_static_aux")
-        if aux is None:
-            aux = tuple(_Static(getattr(self, n)) for n in self._meta_fields)
-            object.__setattr__(self, "_static_aux", aux)
-        return aux
+class FunctionSchedule(Schedule):
+    """Wraps a plain function ``count -> value`` (an optax schedule, a lambda).
 
-    def _flatten_with_keys(self):
-        children = tuple(
-            (jax.tree_util.GetAttrKey(n), getattr(self, n)) for n in self._data_fields
-        )
-        return children, self._aux()
+    The function is static (part of the treedef), so a transform holding it can
+    still be passed to ``jit``; its constants are not data and will not be swept.
+    """
 
-    def _flatten(self):
-        return tuple(getattr(self, n) for n in self._data_fields), self._aux()
+    fn: Callable[[jax.Array], Any] = static_field()
 
-    @classmethod
-    def _unflatten(cls, aux, children):
-        # Bypass __init__: unflattening with tracers or sentinels must not validate.
-        obj = object.__new__(cls)
-        for name, value in zip(cls._data_fields, children):
-            object.__setattr__(obj, name, value)
-        for name, value in zip(cls._meta_fields, aux):
-            object.__setattr__(obj, name, value.value)
-        object.__setattr__(obj, "_static_aux", aux)
-        return obj
+    def __call__(self, count):
+        return self.fn(count)
 
-    def _frozen(self) -> tuple:
-        names = self._data_fields + self._meta_fields
-        return (type(self), tuple(_freeze(getattr(self, n)) for n in names))
 
-    def __hash__(self) -> int:
-        return hash(self._frozen())
+def is_schedule(value: Any) -> bool:
+    """True for a schedule: anything callable that is not an array."""
+    return callable(value) and not isinstance(value, (jax.Array, np.ndarray))
 
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return self._frozen() == other._frozen()
 
-    def replace(self, **changes: Any):
-        """A copy with some fields changed (no validation, like ``dataclasses.replace``)."""
-        return dataclasses.replace(self, **changes)
+def value_at(value: Any, count: jax.Array) -> Any:
+    """The hyperparameter's value for the update whose 0-based index is ``count``."""
+    return value(count) if is_schedule(value) else value
+
+
+class LrFactor(NamedTuple):
+    """One factor of the step size an update applied, as a transform reports it.
+
+    Attributes:
+        kind: ``"rate"`` for a learning rate, ``"scale"`` for a multiplier of it
+            (a plateau's scale).
+        value: the factor this update used (a scalar, possibly traced).
+        coverage: ``None`` when it applies to every parameter, else a tree of Python
+            bools shaped like the params (the leaves a mask or partition gave it).
+    """
+
+    kind: str
+    value: Any
+    coverage: Any = None
 
 
 class Transform(Struct):
@@ -198,17 +128,63 @@ class Transform(Struct):
         yield self.init
         yield self.update
 
+    # --- hyperparameters that report themselves -------------------------------------
+    # Composite transforms (chain, masked, partition, wrappers) override these to
+    # recurse into their members; the defaults cover a transform with numeric fields
+    # and, optionally, one inner transform whose state is ``state.inner_state``.
+
+    def hyperparams_at(self, state: OptState) -> dict[str, Any]:
+        """This transform's hyperparameters for the next update, by name.
+
+        A schedule is evaluated at ``state.count`` (the index of the next update);
+        an inner transform's values come as a nested dict under its field's name.
+        See :func:`jtricks.hyperparams.current` for the flat, by-path form.
+        """
+        count = getattr(state, "count", None)
+        out: dict[str, Any] = {}
+        for name in self._data_fields:
+            value = getattr(self, name)
+            if isinstance(value, Transform):
+                out[name] = value.hyperparams_at(getattr(state, "inner_state", None))
+            elif isinstance(value, Schedule):
+                out[name] = value if count is None else value(count)
+            elif value is not None and not isinstance(value, (dict, list, tuple)):
+                out[name] = value
+        return out
+
+    def learning_rate_factors(self, params: Params, state: OptState,
+                              new_state: OptState) -> list[LrFactor]:
+        """The step-size factors the update from ``state`` to ``new_state`` applied.
+
+        Only transforms that scale by a learning rate (or rescale one, as a plateau
+        does) report a factor; the default forwards to an inner transform.
+        """
+        for name in self._data_fields:
+            inner = getattr(self, name)
+            if isinstance(inner, Transform) and hasattr(state, "inner_state"):
+                return inner.learning_rate_factors(params, state.inner_state,
+                                                   new_state.inner_state)
+        return []
+
 
 class EmptyState(NamedTuple):
     """The state of a stateless transform."""
 
 
-class Identity(Transform):
-    """Passes updates through unchanged."""
+class Stateless(Transform):
+    """Base of transforms that keep no state: ``init`` returns :class:`EmptyState`.
+
+    Their hyperparameters cannot be schedules (there is no step count to evaluate
+    one at); factories refuse them with :func:`jtricks.hyperparams.no_schedule`.
+    """
 
     def init(self, params):
         del params
         return EmptyState()
+
+
+class Identity(Stateless):
+    """Passes updates through unchanged."""
 
     def update(self, updates, state, params=None, **extra):
         del params, extra
@@ -238,6 +214,29 @@ class Foreign(Transform):
         if self.takes_extra:
             return self.update_fn(updates, state, params, **extra)
         return self.update_fn(updates, state, params)
+
+    # A foreign transform's numbers are hidden in its closures; the one place optax
+    # keeps them as data is the state of ``optax.inject_hyperparams``, read here.
+
+    def hyperparams_at(self, state):
+        found = _injected(state)
+        if len(found) == 1:
+            return dict(found[0])
+        return {str(i): dict(h) for i, h in enumerate(found)}
+
+    def learning_rate_factors(self, params, state, new_state):
+        del params, state
+        return [LrFactor("rate", h["learning_rate"]) for h in _injected(new_state)
+                if "learning_rate" in h]
+
+
+def _injected(state: Any) -> list[dict]:
+    """The ``hyperparams`` dicts of every ``optax.inject_hyperparams`` state inside."""
+    def is_injected(x):
+        return hasattr(x, "hyperparams") and hasattr(x, "inner_state")
+
+    nodes = jax.tree.leaves(state, is_leaf=is_injected)
+    return [x.hyperparams for x in nodes if is_injected(x)]
 
 
 def as_transform(tx: Any, *, where: str = "chain") -> Transform:
@@ -283,6 +282,15 @@ class Chain(Transform):
             updates, s = t.update(updates, s, params, **extra)
             new_state.append(s)
         return updates, tuple(new_state)
+
+
+    def hyperparams_at(self, state):
+        return {str(i): t.hyperparams_at(s) for i, (t, s) in
+                enumerate(zip(self.transforms, state))}
+
+    def learning_rate_factors(self, params, state, new_state):
+        return [f for t, s, n in zip(self.transforms, state, new_state)
+                for f in t.learning_rate_factors(params, s, n)]
 
 
 def chain(*transforms: Any) -> Chain:

@@ -26,6 +26,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jtricks import hyperparams as hp
+from jtricks import tree as jtree
 from jtricks.base import Struct
 
 __all__ = ["MinMaxScaler", "StandardScaler", "fit_minmax", "fit_standardize"]
@@ -76,19 +77,7 @@ def _float_input(where: str, x: ArrayLike) -> jax.Array:
         raise TypeError(f"{where}: x must hold real numbers, got dtype {dtype}.")
     x = jnp.asarray(x)
     # Integers (uint8 pixels) and half floats are scaled in fp32; wider floats stay wide.
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def _check_finite(where: str, x: jax.Array) -> None:
-    """Refuses NaN/inf in concrete data (the statistics would silently be NaN)."""
-    if isinstance(x, jax.core.Tracer):
-        return
-    bad = int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x))))
-    if bad:
-        raise ValueError(
-            f"{where}: x contains {bad} non-finite value(s) (NaN or inf); the fitted "
-            "statistics would be NaN. Clean or impute them before fitting."
-        )
+    return x.astype(jtree.acc_dtype(x))
 
 
 def _is_constant(spread: jax.Array, magnitude: jax.Array) -> jax.Array:
@@ -191,7 +180,7 @@ def fit_minmax(x: ArrayLike, feature_range: tuple[float, float] = (0.0, 1.0), *,
                          f"{feature_range!r}. Use (0, 1) or (-1, 1).")
     x = _float_input(where, x)
     axes = _sample_axes(where, x, axis)
-    _check_finite(where, x)
+    hp.check_finite_data(where, x)
     data_min = jnp.min(x, axis=axes)
     data_max = jnp.max(x, axis=axes)
     spread = data_max - data_min
@@ -229,7 +218,7 @@ def fit_standardize(x: ArrayLike, *, axis: int | Sequence[int] | None = 0) -> St
     where = "fit_standardize"
     x = _float_input(where, x)
     axes = _sample_axes(where, x, axis)
-    _check_finite(where, x)
+    hp.check_finite_data(where, x)
     mean = jnp.mean(x, axis=axes)
     std = jnp.sqrt(jnp.mean(jnp.square(x - mean), axis=axes))
     constant = _is_constant(std, jnp.abs(mean))

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtricks import hyperparams as hp
+from jtricks import tree as jtree
 
 __all__ = [
     "Initializer",
@@ -276,17 +277,13 @@ class Orthogonal(Initializer):
         n_cols = shape[col]
         n_rows = math.prod(shape) // n_cols
         # QR has no half-precision kernel on every backend: draw in fp32, then cast.
-        draw_dtype = jnp.promote_types(dtype, jnp.float32)
+        draw_dtype = jtree.acc_dtype(dtype)
         q = jax.random.orthogonal(key, n_rows, (), draw_dtype, n_cols).astype(dtype)
         q = q.reshape((*(d for i, d in enumerate(shape) if i != col), n_cols))
         return jnp.array(self.scale, dtype) * jnp.moveaxis(q, -1, col)
 
 
 # --- factories -----------------------------------------------------------------------
-
-
-def _check_positive(where: str, name: str, value: Any) -> None:
-    hp.check_range(where, name, value, low=0.0, low_open=True)
 
 
 def zeros(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
@@ -314,7 +311,7 @@ def uniform(scale: float = 1e-2) -> Uniform:
     variance ``scale**2 / 12``. Not centred: for the lesson's centred uniform use
     :func:`lecun_uniform` or :func:`glorot_uniform`.
     """
-    _check_positive("uniform", "scale", scale)
+    hp.check_positive("uniform", "scale", scale)
     return Uniform(scale)
 
 
@@ -324,7 +321,7 @@ def normal(stddev: float = 1e-2) -> Normal:
     ``normal(1.0)`` is the lesson's bad N(0, 1): a layer with ``n`` inputs multiplies
     the activations' standard deviation by about ``sqrt(n)``.
     """
-    _check_positive("normal", "stddev", stddev)
+    hp.check_positive("normal", "stddev", stddev)
     return Normal(stddev)
 
 
@@ -334,7 +331,7 @@ def truncated_normal(stddev: float = 1e-2, lower: float = -2.0,
     ``jax.nn.initializers.truncated_normal``. The variance is *below* ``stddev**2``
     (about ``0.774 * stddev**2`` for the default bounds): no correction is applied.
     """
-    _check_positive("truncated_normal", "stddev", stddev)
+    hp.check_positive("truncated_normal", "stddev", stddev)
     if hp.concrete(lower) is not None and hp.concrete(upper) is not None:
         hp.check("truncated_normal", "lower", lower, lambda lo: lo < np.asarray(upper),
                  f"< upper ({upper})")
@@ -365,14 +362,15 @@ def variance_scaling(scale: float, mode: str, distribution: str, *, in_axis: Axe
         scale: the variance multiplier, > 0 (1 for linear/tanh, 2 for ReLU).
         mode: ``"fan_in"``, ``"fan_out"``, ``"fan_avg"`` or ``"fan_geo_avg"``.
         distribution: ``"truncated_normal"``, ``"normal"`` or ``"uniform"``.
-        in_axis, out_axis, batch_axis: where the fans are in the kernel (defaults:
-            the second-to-last and last axes; no batch axis).
+        in_axis: the axis (or axes) of the fan-in; default the second-to-last.
+        out_axis: the axis (or axes) of the fan-out; default the last.
+        batch_axis: axes that count in neither fan; default none.
 
     Example:
         >>> init = jt.init.variance_scaling(2.0, "fan_in", "normal")
         >>> w = init(jax.random.key(0), (3, 3, 16, 32))  # var 2 / (3 * 3 * 16)
     """
-    _check_positive("variance_scaling", "scale", scale)
+    hp.check_positive("variance_scaling", "scale", scale)
     if mode not in _MODES:
         raise ValueError(f"variance_scaling: mode must be one of {_MODES}, got {mode!r}.")
     if distribution not in _DISTRIBUTIONS:

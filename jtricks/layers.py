@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jtricks import hyperparams as hp
+from jtricks import tree as jtree
 
 __all__ = [
     "batch_norm_init",
@@ -39,11 +40,6 @@ __all__ = [
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def _stat_dtype(x: jax.Array) -> Any:
-    """The dtype statistics are computed in: at least fp32, wider if ``x`` is wider."""
-    return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def _check_training(where: str, training: Any) -> bool:
@@ -86,11 +82,6 @@ def _check_features(where: str, x: jax.Array, tree: dict, names: tuple[str, ...]
                 f"{what} with {where}_init({features}), or feed features on the last axis."
             )
     return features
-
-
-def _check_eps(where: str, eps: Any) -> None:
-    hp.check_range(where, "eps", eps, low=0.0,
-                   fix="eps guards the division by the standard deviation; use e.g. 1e-5.")
 
 
 # --- batch norm ------------------------------------------------------------------------
@@ -181,8 +172,8 @@ def batch_norm(params: dict, state: dict, x: ArrayLike, *, training: bool,
     _check_features(where, x, state, ("mean", "var"), "state")
     hp.check_range(where, "momentum", momentum, low=0.0, high=1.0,
                    fix="momentum is the running statistics' decay; flax uses 0.99.")
-    _check_eps(where, eps)
-    dt = _stat_dtype(x)
+    hp.check_eps(where, "eps", eps)
+    dt = jtree.acc_dtype(x)
     xs = x.astype(dt)
     if training:
         axes = tuple(range(x.ndim - 1))
@@ -245,8 +236,8 @@ def layer_norm(params: dict, x: ArrayLike, eps: ArrayLike = 1e-6) -> jax.Array:
     where = "layer_norm"
     x = jnp.asarray(x)
     _check_features(where, x, params, ("scale", "bias"), "params")
-    _check_eps(where, eps)
-    dt = _stat_dtype(x)
+    hp.check_eps(where, "eps", eps)
+    dt = jtree.acc_dtype(x)
     xs = x.astype(dt)
     mean = jnp.mean(xs, axis=-1, keepdims=True)
     var = jnp.maximum(jnp.mean(jnp.square(xs - mean), axis=-1, keepdims=True), 0.0)
@@ -277,7 +268,7 @@ def weight_norm_init(kernel: ArrayLike) -> dict:
     """
     v = jnp.asarray(kernel)
     axes = _weight_axes("weight_norm_init", v)
-    g = jnp.sqrt(jnp.sum(jnp.square(v.astype(_stat_dtype(v))), axis=axes)).astype(v.dtype)
+    g = jtree.unit_norms(v, axes).reshape(v.shape[-1]).astype(v.dtype)
     return {"v": v, "g": g}
 
 
@@ -312,8 +303,8 @@ def weight_norm(v: ArrayLike, g: ArrayLike, eps: ArrayLike = 1e-12) -> jax.Array
             f"({v.shape[-1]},) for v of shape {v.shape}, got {g.shape}. Build both with "
             "weight_norm_init(kernel)."
         )
-    _check_eps(where, eps)
-    dt = _stat_dtype(v)
+    hp.check_eps(where, "eps", eps)
+    dt = jtree.acc_dtype(v)
     vs = v.astype(dt)
     w = vs * jax.lax.rsqrt(jnp.sum(vs * vs, axis=axes, keepdims=True) + eps) * g.astype(dt)
     return w.astype(jnp.promote_types(v.dtype, g.dtype))

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 
 from jtricks import tree as jtree
-from jtricks.diagnostics import path_name
 
 __all__ = ["l2", "l1", "kernels_only", "by_path"]
 
@@ -43,7 +42,7 @@ def kernels_only(params: PyTree) -> PyTree:
 
 def by_path(predicate: Callable[[str, Any], bool]) -> Callable[[PyTree], PyTree]:
     """A mask from ``predicate(name, leaf) -> bool``, ``name`` a readable path such as
-    ``Dense_0/kernel`` (see :func:`jtricks.diagnostics.path_name`).
+    ``Dense_0/kernel`` (see :func:`jtricks.tree.path_name`).
 
     Example:
         >>> no_norms = jt.regularization.by_path(lambda name, p: "norm" not in name.lower())
@@ -51,7 +50,7 @@ def by_path(predicate: Callable[[str, Any], bool]) -> Callable[[PyTree], PyTree]
     """
     def mask(params: PyTree) -> PyTree:
         return jax.tree_util.tree_map_with_path(
-            lambda path, p: bool(predicate(path_name(path), p)), params)
+            lambda path, p: bool(predicate(jtree.path_name(path), p)), params)
 
     return mask
 

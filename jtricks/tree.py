@@ -1,7 +1,8 @@
-"""Tree maths shared by the transforms: moments, norms, casts, checked maps.
+"""Tree helpers shared by the whole package: paths, checked maps, dtypes, norms.
 
 Every helper here is one elementwise expression per leaf (or one reduction for a
-norm), so XLA fuses a whole transform's update of a leaf into a single pass.
+norm), so XLA fuses a whole transform's update of a leaf into a single pass. This
+module imports nothing from jtricks: every other module may use it.
 """
 
 from __future__ import annotations
@@ -17,16 +18,22 @@ PyTree = Any
 
 __all__ = [
     "keystr",
+    "path_name",
     "first_difference",
     "map_with_path",
     "map_checked",
     "zeros_like",
-    "cast",
+    "acc_dtype",
+    "abs_sq",
+    "norm",
+    "norms",
+    "unit_norms",
     "global_norm",
     "increment",
     "bias_correction",
     "unzip2",
     "unzip3",
+    "broadcast_prefix",
     "resolve_mask",
 ]
 
@@ -34,6 +41,44 @@ __all__ = [
 def keystr(path: Sequence[Any]) -> str:
     """A readable tree path such as ``['layer1']['w']``; ``<root>`` for the root."""
     return jax.tree_util.keystr(tuple(path)) or "<root>"
+
+
+def path_name(path: Sequence[Any]) -> str:
+    """A readable ``/``-joined name for a tree path.
+
+    ``{'Dense_0': {'kernel': w}}`` gives ``Dense_0/kernel``; a list index gives its
+    number (``layers/2/w``). Flax wrappers are dropped: an nnx ``Variable``'s
+    trailing ``.value`` and linen's ``__call__`` level of captured intermediates
+    (``intermediates/Dense_0/__call__/0`` reads ``intermediates/Dense_0``).
+    """
+    keys = list(path)
+    if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
+        keys = keys[:-1]
+    parts: list[str] = []
+    after_call = False
+    for k in keys:
+        part = _key_name(k)
+        if part == "__call__":
+            after_call = True
+            continue
+        if after_call and part == "0":
+            after_call = False
+            continue
+        after_call = False
+        parts.append(part)
+    return "/".join(parts) or "<root>"
+
+
+def _key_name(k: Any) -> str:
+    if isinstance(k, jax.tree_util.DictKey):
+        return str(k.key)
+    if isinstance(k, jax.tree_util.GetAttrKey):
+        return k.name
+    if isinstance(k, jax.tree_util.SequenceKey):
+        return str(k.idx)
+    if isinstance(k, jax.tree_util.FlattenedIndexKey):
+        return str(k.key)
+    return str(k)
 
 
 def first_difference(a: PyTree, b: PyTree, is_leaf: Callable | None = None) -> str:
@@ -146,24 +191,96 @@ def zeros_like(tree: PyTree, dtype: Any = None) -> PyTree:
     return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), dtype or jnp.result_type(x)), tree)
 
 
-def cast(tree: PyTree, dtype: Any) -> PyTree:
-    """Casts every leaf to ``dtype``; ``None`` leaves the tree untouched."""
-    if dtype is None:
-        return tree
-    return jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), tree)
+def acc_dtype(*xs: Any) -> Any:
+    """The dtype statistics of ``xs`` (arrays or dtypes) are kept in: at least fp32.
+
+    bf16 and fp16 give fp32; fp64 (under x64) and complex64 stay as they are.
+    """
+    dtype = jnp.dtype(jnp.float32)
+    for x in xs:
+        dtype = jnp.promote_types(dtype, jnp.result_type(x))
+    return dtype
 
 
-def global_norm(tree: PyTree) -> jax.Array:
-    """The L2 norm of all leaves together, accumulated in fp32 (or wider)."""
+def abs_sq(x: jax.Array) -> jax.Array:
+    """``|x|**2``: ``x * x`` for real ``x``, ``re(x * conj(x))`` for complex ``x``."""
+    if jnp.iscomplexobj(x):
+        return jnp.real(x * jnp.conj(x))
+    return x * x
+
+
+def _square_sum(x: Any, axis: Any = None, keepdims: bool = False) -> jax.Array:
+    x = jnp.asarray(x)
+    return jnp.sum(abs_sq(x.astype(acc_dtype(x))), axis=axis, keepdims=keepdims)
+
+
+def unit_norms(x: jax.Array, axes: tuple[int, ...] | None) -> jax.Array:
+    """L2 norms over ``axes`` (all of them when ``None``), accumulated in at least fp32
+    and kept broadcastable to ``x``: the norm of each unit of a kernel."""
+    return jnp.sqrt(_square_sum(x, axis=axes, keepdims=True))
+
+
+def _rescaled_norm(x: Any) -> jax.Array:
+    """The L2 norm computed as ``max|x| * ||x / max|x|||``: no square can overflow.
+    NaN or inf entries give a NaN or inf norm."""
+    x = jnp.asarray(x)
+    x = x.astype(acc_dtype(x))
+    if x.size == 0:
+        return jnp.zeros((), jnp.real(x).dtype)
+    top = jnp.max(jnp.abs(x))
+    ok = jnp.isfinite(top) & (top > 0)
+    safe = jnp.where(ok, top, 1.0)
+    return jnp.where(ok, safe * jnp.sqrt(jnp.sum(abs_sq(x / safe))), top)
+
+
+def _rescaled_global(leaves: list) -> jax.Array:
+    return _rescaled_norm(jnp.stack([_rescaled_norm(x) for x in leaves]))
+
+
+def norms(tree: PyTree, *, overflow_safe: bool = True) -> tuple[jax.Array, PyTree]:
+    """``(global L2 norm, tree of per-leaf L2 norms)`` from one reduction per leaf.
+
+    Sums of squares are accumulated in at least fp32. With ``overflow_safe`` (the
+    default) norms whose squares overflow (a gradient of entries ~1e20 in fp32) are
+    recomputed rescaled by the largest entry, so they stay finite and only a real
+    NaN or inf entry gives a non-finite norm. The recomputation sits in a
+    ``lax.cond`` that runs only on a step whose plain global norm is not finite.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    if not leaves:
+        return jnp.zeros((), jnp.float32), tree
+    sums = [_square_sum(x) for x in leaves]
+    per = [jnp.sqrt(s) for s in sums]
+    total = jnp.sqrt(sum(sums[1:], sums[0]))
+    if overflow_safe:
+        def rescaled():
+            return _rescaled_global(leaves), [_rescaled_norm(x) for x in leaves]
+
+        total, per = jax.lax.cond(jnp.isfinite(total), lambda: (total, per), rescaled)
+    return total, jax.tree.unflatten(treedef, per)
+
+
+def norm(x: Any, *, overflow_safe: bool = True) -> jax.Array:
+    """The L2 norm of one array, as :func:`norms` computes it."""
+    return global_norm([x], overflow_safe=overflow_safe)
+
+
+def global_norm(tree: PyTree, *, overflow_safe: bool = False) -> jax.Array:
+    """The L2 norm of all leaves together, accumulated in fp32 (or wider).
+
+    The default is the plain one-pass sum of squares (optax's numbers, the fastest:
+    clipping runs it every step), which reads +inf once the squares overflow;
+    ``overflow_safe=True`` gives the finite norm instead (see :func:`norms`).
+    """
     leaves = jax.tree.leaves(tree)
     if not leaves:
         return jnp.zeros((), jnp.float32)
-    sums = [
-        jnp.sum(jnp.square(jnp.asarray(x).astype(jnp.promote_types(jnp.result_type(x),
-                                                                    jnp.float32))))
-        for x in leaves
-    ]
-    return jnp.sqrt(sum(sums[1:], sums[0]))
+    sums = [_square_sum(x) for x in leaves]
+    total = jnp.sqrt(sum(sums[1:], sums[0]))
+    if overflow_safe:
+        total = jax.lax.cond(jnp.isfinite(total), lambda: total,
+                             lambda: _rescaled_global(leaves))
+    return total
 
 
 def increment(count: jax.Array) -> jax.Array:
@@ -191,28 +308,40 @@ def unzip2(like: PyTree, tree_of_pairs: PyTree) -> tuple[PyTree, PyTree]:
     return tuple(treedef.unflatten([t[i] for t in pairs]) for i in range(2))
 
 
-def resolve_mask(mask: Any, params: PyTree, where: str = "mask") -> PyTree:
-    """Turns ``mask`` (a tree of bools like ``params``, or ``params -> tree``) into a
-    tree of Python bools shaped like ``params``, checking the structure.
+def broadcast_prefix(prefix: PyTree, tree: PyTree, where: str = "mask",
+                     what: str = "mask") -> PyTree:
+    """Expands ``prefix`` (a tree whose leaves may stand for whole subtrees of
+    ``tree``) to a tree with exactly ``tree``'s structure."""
+    try:
+        return jax.tree.map(lambda value, sub: jax.tree.map(lambda _: value, sub),
+                            prefix, tree)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"{where}: the {what} tree must have the structure of the params tree (or "
+            f"be a prefix of it), and it does not match: {first_difference(tree, prefix)}. "
+            "Give a "
+            f"{what} tree shaped like the params, or a callable params -> such a tree."
+        ) from None
 
-    A mask is structural: its values decide which leaves a transform touches, so they
-    must be known when tracing (Python or NumPy bools, not traced arrays).
+
+def resolve_mask(mask: Any, params: PyTree, where: str = "mask") -> PyTree:
+    """Turns ``mask`` into a tree of Python bools shaped like ``params``.
+
+    ``mask`` is a tree of bools with the params' structure, a prefix of it
+    (``{"encoder": False, "head": True}`` covers whole subtrees), or a callable
+    ``params -> either``. A mask is structural: its values decide which leaves a
+    transform touches, so they must be known when tracing (Python or NumPy bools,
+    not traced arrays).
     """
     if callable(mask):
         mask = mask(params)
-    try:
-        flat = jax.tree.structure(params).flatten_up_to(mask)
-    except (ValueError, TypeError):
-        raise ValueError(
-            f"{where}: the mask tree does not match the params tree: "
-            f"{first_difference(params, mask)}. Give a tree of bools with the params' "
-            "structure, or a callable params -> such a tree."
-        ) from None
+    full = broadcast_prefix(mask, params, where=where)
     out = []
-    for path_leaf, m in zip(jax.tree_util.tree_flatten_with_path(params)[0], flat):
+    for (path, _), m in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                            jax.tree.structure(params).flatten_up_to(full)):
         if isinstance(m, jax.core.Tracer) or jnp.ndim(m) != 0:
             raise TypeError(
-                f"{where}: mask entry at {keystr(path_leaf[0])} must be a Python bool, "
+                f"{where}: mask entry at {keystr(path)} must be a Python bool, "
                 f"got {type(m).__name__} {m!r}. A mask chooses which leaves are "
                 "transformed, so it must be known before tracing."
             )

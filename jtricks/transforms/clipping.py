@@ -15,7 +15,7 @@ from jax.typing import ArrayLike
 
 from jtricks import hyperparams as hp
 from jtricks import tree as jtree
-from jtricks.base import EmptyState, Transform, static_field
+from jtricks.base import Stateless, static_field
 
 __all__ = [
     "Clip",
@@ -26,37 +26,13 @@ __all__ = [
     "normalize_by_global_norm",
     "AdaptiveGradClip",
     "adaptive_grad_clip",
-    "no_schedule",
-    "check_threshold",
 ]
 
 
-def no_schedule(where: str, name: str, value: Any) -> None:
-    """Refuses a schedule for a hyperparameter of a stateless transform."""
-    if hp.is_schedule(value):
-        raise TypeError(
-            f"{where}: {name} must be a number or an array, got a schedule {value!r}. "
-            f"{where} keeps no step count, so it cannot evaluate a schedule. Pass the "
-            "current value as an array instead (the transform is data: rebuilding it "
-            "with a new value inside a jitted step does not recompile)."
-        )
-
-
-def check_threshold(where: str, name: str, value: Any) -> None:
-    """A clipping threshold must be a number or an array > 0."""
-    no_schedule(where, name, value)
-    hp.check_range(where, name, value, low=0.0, low_open=True,
-                   fix=f"{name} is a clipping threshold; typical values are 1 to 10.")
-
-
-class Clip(Transform):
+class Clip(Stateless):
     """``u -> clip(u, -max_delta, max_delta)``; see :func:`clip`."""
 
     max_delta: Any
-
-    def init(self, params):
-        del params
-        return EmptyState()
 
     def update(self, updates, state, params=None, **extra):
         del params, extra
@@ -78,18 +54,14 @@ def clip(max_delta: ArrayLike) -> Clip:
     Example:
         >>> tx = jt.chain(jt.clip(1.0), jt.sgd(0.1))
     """
-    check_threshold("clip", "max_delta", max_delta)
+    hp.check_threshold("clip", "max_delta", max_delta)
     return Clip(max_delta=max_delta)
 
 
-class ClipByGlobalNorm(Transform):
+class ClipByGlobalNorm(Stateless):
     """Rescales the whole update tree to global norm ``max_norm`` when it is larger."""
 
     max_norm: Any
-
-    def init(self, params):
-        del params
-        return EmptyState()
 
     def update(self, updates, state, params=None, **extra):
         del params, extra
@@ -124,18 +96,14 @@ def clip_by_global_norm(max_norm: ArrayLike) -> ClipByGlobalNorm:
     Example:
         >>> tx = jt.chain(jt.clip_by_global_norm(1.0), jt.adam(1e-3))
     """
-    check_threshold("clip_by_global_norm", "max_norm", max_norm)
+    hp.check_threshold("clip_by_global_norm", "max_norm", max_norm)
     return ClipByGlobalNorm(max_norm=max_norm)
 
 
-class NormalizeByGlobalNorm(Transform):
+class NormalizeByGlobalNorm(Stateless):
     """``u -> g / (||g|| + eps)``; see :func:`normalize_by_global_norm`."""
 
     eps: Any
-
-    def init(self, params):
-        del params
-        return EmptyState()
 
     def update(self, updates, state, params=None, **extra):
         del params, extra
@@ -161,7 +129,7 @@ def normalize_by_global_norm(eps: ArrayLike = 1e-6) -> NormalizeByGlobalNorm:
     Example:
         >>> tx = jt.chain(jt.normalize_by_global_norm(), jt.scale_by_learning_rate(0.1))
     """
-    no_schedule("normalize_by_global_norm", "eps", eps)
+    hp.no_schedule("normalize_by_global_norm", "eps", eps)
     hp.check_range("normalize_by_global_norm", "eps", eps, low=0.0,
                    fix="eps guards the division by the norm; use a small value such as 1e-6.")
     return NormalizeByGlobalNorm(eps=eps)
@@ -185,22 +153,12 @@ def _unit_axes(x: jax.Array, axis: Any, where: str) -> tuple[int, ...] | None:
     )
 
 
-def _unit_norm(x: jax.Array, axes: tuple[int, ...] | None) -> jax.Array:
-    """L2 norm of each unit, accumulated in at least fp32, kept broadcastable to ``x``."""
-    acc = jnp.promote_types(x.dtype, jnp.float32)
-    return jnp.sqrt(jnp.sum(jnp.square(x.astype(acc)), axis=axes, keepdims=True))
-
-
-class AdaptiveGradClip(Transform):
+class AdaptiveGradClip(Stateless):
     """Unit-wise clipping relative to the parameter's norm; see :func:`adaptive_grad_clip`."""
 
     clipping: Any
     eps: Any
     axis: Any = static_field(default=None)
-
-    def init(self, params):
-        del params
-        return EmptyState()
 
     def update(self, updates, state, params=None, **extra):
         del extra
@@ -210,8 +168,8 @@ class AdaptiveGradClip(Transform):
 
         def leaf(g, p):
             where = "adaptive_grad_clip.update"
-            g_norm = _unit_norm(g, _unit_axes(g, axis, where))
-            max_norm = clipping * jnp.maximum(_unit_norm(p, _unit_axes(p, axis, where)), eps)
+            g_norm = jtree.unit_norms(g, _unit_axes(g, axis, where))
+            max_norm = clipping * jnp.maximum(jtree.unit_norms(p, _unit_axes(p, axis, where)), eps)
             # max(., 1e-6) only guards a 0/0 that the comparison never selects.
             clipped = g * (max_norm / jnp.maximum(g_norm, 1e-6)).astype(g.dtype)
             return jnp.where(g_norm < max_norm, g, clipped)
@@ -246,8 +204,8 @@ def adaptive_grad_clip(clipping: ArrayLike, eps: ArrayLike = 1e-3,
     Example:
         >>> tx = jt.chain(jt.adaptive_grad_clip(0.01), jt.sgd(0.1, momentum=0.9))
     """
-    check_threshold("adaptive_grad_clip", "clipping", clipping)
-    no_schedule("adaptive_grad_clip", "eps", eps)
+    hp.check_threshold("adaptive_grad_clip", "clipping", clipping)
+    hp.no_schedule("adaptive_grad_clip", "eps", eps)
     hp.check_range("adaptive_grad_clip", "eps", eps, low=0.0,
                    fix="eps is the smallest parameter norm used; the default is 1e-3.")
     if isinstance(axis, list):

@@ -10,20 +10,16 @@ from jax.typing import ArrayLike
 
 from jtricks import hyperparams as hp
 from jtricks import tree as jtree
-from jtricks.base import EmptyState, Transform, static_field
+from jtricks.base import Stateless, static_field
 
 __all__ = ["AddDecayedWeights", "add_decayed_weights"]
 
 
-class AddDecayedWeights(Transform):
+class AddDecayedWeights(Stateless):
     """``u -> u + weight_decay * p`` on the leaves the mask selects."""
 
     weight_decay: Any
     mask: Any = static_field(default=None)
-
-    def init(self, params):
-        del params
-        return EmptyState()
 
     def update(self, updates, state, params=None, **extra):
         del extra
@@ -65,14 +61,11 @@ def add_decayed_weights(weight_decay: ArrayLike = 0.0, mask: Any = None) -> AddD
         >>> no_bias = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
         >>> tx = jt.chain(jt.add_decayed_weights(1e-4, mask=no_bias), jt.sgd(0.1))
     """
-    if hp.is_schedule(weight_decay):
-        raise TypeError(
-            f"add_decayed_weights: weight_decay must be a number or an array, got a "
-            f"schedule {weight_decay!r}. This transform keeps no step count; put it "
-            "before jt.scale_by_learning_rate(schedule) so the decay follows the "
-            "learning rate's schedule (as adamw does), or pass the current value as an "
-            "array (the transform is data: a new value does not recompile)."
-        )
+    hp.no_schedule("add_decayed_weights", "weight_decay", weight_decay,
+                   fix="Put it before jt.scale_by_learning_rate(schedule) so the decay "
+                   "follows the learning rate's schedule (as adamw does), or pass the "
+                   "current value as an array (the transform is data: a new value does not "
+                   "recompile).")
     hp.check_range("add_decayed_weights", "weight_decay", weight_decay, low=0.0,
                    fix="weight_decay shrinks weights towards 0; typical values are 1e-5 to 1e-2.")
     if mask is not None and not callable(mask):

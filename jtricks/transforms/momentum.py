@@ -10,7 +10,6 @@ import jax.numpy as jnp
 from jtricks import hyperparams as hp
 from jtricks import tree as jtree
 from jtricks.base import Transform, static_field
-from jtricks.transforms.adaptive import check_decay
 
 __all__ = ["TraceState", "Trace", "trace"]
 
@@ -73,7 +72,7 @@ def trace(decay: Any, nesterov: bool = False, accumulator_dtype: Any = None) -> 
     Example:
         >>> tx = jt.chain(jt.trace(0.9), jt.scale_by_learning_rate(0.1))
     """
-    check_decay("trace", "decay", decay)
+    hp.check_decay("trace", "decay", decay)
     return Trace(decay=hp.as_hyper(decay), nesterov=bool(nesterov),
                  accumulator_dtype=None if accumulator_dtype is None
                  else jnp.dtype(accumulator_dtype))

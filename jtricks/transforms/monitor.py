@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jtricks import tree as jtree
 from jtricks.base import Transform, as_transform
 
 __all__ = ["MonitorState", "Monitor", "monitor"]
@@ -38,21 +39,9 @@ class MonitorState(NamedTuple):
     update_norms: Any
 
 
-def _square_sums(tree: Any) -> Any:
-    """Per-leaf sums of squares, accumulated in fp32 (or wider)."""
-    def leaf(x):
-        x = jnp.asarray(x)
-        return jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32))))
-    return jax.tree.map(leaf, tree)
-
-
-def _norms(tree: Any) -> tuple[jax.Array, Any]:
-    """``(global_norm, per_leaf_norms)`` from one reduction per leaf."""
-    sums = _square_sums(tree)
-    leaves = jax.tree.leaves(sums)
-    total = sum(leaves[1:], leaves[0]) if leaves else jnp.zeros((), jnp.float32)
-    return jnp.sqrt(total).astype(jnp.float32), jax.tree.map(
-        lambda s: jnp.sqrt(s).astype(jnp.float32), sums)
+def _f32(tree: Any) -> Any:
+    """The recorded norms are fp32 whatever the params' dtype (a fixed state type)."""
+    return jax.tree.map(lambda x: x.astype(jnp.float32), tree)
 
 
 class Monitor(Transform):
@@ -79,9 +68,9 @@ class Monitor(Transform):
                 f"monitor.update: state must be the MonitorState returned by this "
                 f"monitor's init(params), got {type(state).__name__}."
             )
-        grad_norm, grad_norms = _norms(updates)
+        grad_norm, grad_norms = _f32(jtree.norms(updates))
         new, inner_state = self.inner.update(updates, state.inner_state, params, **extra)
-        update_norm, update_norms = _norms(new)
+        update_norm, update_norms = _f32(jtree.norms(new))
         return new, MonitorState(inner_state=inner_state, grad_norm=grad_norm,
                                  grad_norms=grad_norms, update_norm=update_norm,
                                  update_norms=update_norms)
@@ -96,8 +85,9 @@ def monitor(tx: Any) -> Monitor:
         update_norm  = ||u||_2 over all leaves        update_norms[i] = ||u_i||_2
 
     where ``g`` is the incoming gradient and ``u = tx(g)`` the emitted update, each
-    norm accumulated in fp32 in one pass (so a norm beyond ~1.8e19, whose square
-    overflows fp32, reads as inf: an exploding gradient either way). The
+    norm accumulated in fp32 in one pass; a norm whose square overflows fp32 (beyond
+    ~1.8e19) is recomputed rescaled, so it stays finite and only a NaN or inf entry
+    gives a non-finite norm (see :func:`jtricks.tree.norms`). The
     inner transform is a pytree child, so its hyperparameters stay data (no
     recompilation when they change) and the wrapper is jittable and vmappable.
 

@@ -6,12 +6,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from jtricks import hyperparams as hp
+from jtricks import patience as pt
 from jtricks import tree as jtree
-from jtricks.base import Transform, static_field
+from jtricks.base import LrFactor, Transform, static_field
 
 __all__ = ["ReduceOnPlateauState", "ReduceOnPlateau", "reduce_on_plateau"]
 
@@ -39,16 +39,6 @@ class ReduceOnPlateauState(NamedTuple):
     avg_value: jax.Array
 
 
-def _stats_dtype(params: Any) -> Any:
-    """fp32, or wider if some parameter is wider (fp64 under x64)."""
-    dtype = jnp.dtype(jnp.float32)
-    for leaf in jax.tree.leaves(params):
-        leaf_dtype = jnp.result_type(leaf)
-        if jnp.issubdtype(leaf_dtype, jnp.floating):
-            dtype = jnp.promote_types(dtype, leaf_dtype)
-    return dtype
-
-
 class ReduceOnPlateau(Transform):
     """Scales updates down when the monitored value plateaus; see :func:`reduce_on_plateau`."""
 
@@ -62,7 +52,8 @@ class ReduceOnPlateau(Transform):
     mode: str = static_field(default="min")
 
     def init(self, params):
-        dtype = _stats_dtype(params)
+        dtype = jtree.acc_dtype(*(x for x in jax.tree.leaves(params)
+                                  if jnp.issubdtype(jnp.result_type(x), jnp.floating)))
         worst = jnp.inf if self.mode == "min" else -jnp.inf
         def zero():  # a fresh buffer per field, so a donated state never aliases itself
             return jnp.zeros([], jnp.int32)
@@ -95,19 +86,12 @@ class ReduceOnPlateau(Transform):
         avg = (n * state.avg_value + jnp.asarray(value).astype(dtype)) / n_new
         ready = n_new >= self.accumulation_size
 
-        # "min" compares x < threshold(best); "max" compares -x < threshold(-best),
-        # so both modes share one rule. The threshold moves by rtol * |best| + min_delta
-        # towards "better" (for best >= 0 in "min" mode this is optax's
-        # (1 - rtol) * best - atol).
-        sign = 1 if self.mode == "min" else -1
-        best = sign * state.best_value
-        moved = jnp.where(best >= 0, (1 - self.rtol) * best, (1 + self.rtol) * best)
-        improved = sign * avg < moved - self.min_delta
-
+        improved = pt.improves(avg, state.best_value, self.mode, rtol=self.rtol,
+                               atol=self.min_delta)
         best_value = jnp.where(improved, avg, state.best_value)
-        plateau = jnp.where(improved, 0, jtree.increment(state.plateau_count))
+        plateau, exhausted = pt.wait(improved, state.plateau_count, self.patience)
         cooling = state.cooldown_count > 0
-        reduce = ~cooling & (plateau >= self.patience)
+        reduce = ~cooling & exhausted
         scale = jnp.where(reduce, state.scale * self.factor, state.scale)
         scale = jnp.maximum(scale, self.min_scale).astype(state.scale.dtype)
         plateau = jnp.where(cooling | reduce, 0, plateau).astype(jnp.int32)
@@ -130,9 +114,9 @@ class ReduceOnPlateau(Transform):
         updates = jax.tree.map(lambda g: g * s.astype(jnp.result_type(g)), updates)
         return updates, new_state
 
-
-def _integer_at_least(low: int):
-    return lambda x: (x >= low) & (x == np.floor(x))
+    def learning_rate_factors(self, params, state, new_state):
+        del params, state
+        return [LrFactor("scale", new_state.scale)]  # the scale this update applied
 
 
 def reduce_on_plateau(factor: ArrayLike = 0.1, patience: ArrayLike = 10, mode: str = "min",
@@ -180,20 +164,17 @@ def reduce_on_plateau(factor: ArrayLike = 0.1, patience: ArrayLike = 10, mode: s
         >>> updates, state = tx.update(grads, state, params, value=val_loss)
     """
     where = "reduce_on_plateau"
-    if mode not in ("min", "max"):
-        raise ValueError(
-            f"{where}: mode must be 'min' (for a loss) or 'max' (for a metric such as "
-            f"accuracy), got {mode!r}."
-        )
+    pt.check_mode(where, mode, "for a loss")
     hp.check_range(where, "factor", factor, low=0.0, high=1.0, low_open=True,
                    high_open=True, fix="It multiplies the scale at each reduction, "
                    "e.g. 0.1 or 0.5.")
-    hp.check(where, "patience", patience, _integer_at_least(1), "an integer >= 1",
-             "It is the number of windows without improvement before a reduction.")
-    hp.check(where, "cooldown", cooldown, _integer_at_least(0), "an integer >= 0")
-    hp.check(where, "accumulation_size", accumulation_size, _integer_at_least(1),
-             "an integer >= 1",
-             "Use 1 to act on every value, or the number of steps per evaluation.")
+    hp.check_integer(where, "patience", patience, low=1,
+                     fix="It is the number of windows without improvement before a "
+                     "reduction.")
+    hp.check_integer(where, "cooldown", cooldown)
+    hp.check_integer(where, "accumulation_size", accumulation_size, low=1,
+                     fix="Use 1 to act on every value, or the number of steps per "
+                     "evaluation.")
     hp.check_range(where, "min_delta", min_delta, low=0.0,
                    fix="It is the absolute improvement that counts (optax's atol).")
     hp.check_range(where, "rtol", rtol, low=0.0, high=1.0,

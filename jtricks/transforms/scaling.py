@@ -10,7 +10,7 @@ from jax.typing import ArrayLike
 
 from jtricks import hyperparams as hp
 from jtricks import tree as jtree
-from jtricks.base import EmptyState, Transform, static_field
+from jtricks.base import LrFactor, Stateless, Transform, static_field
 
 __all__ = [
     "Scale",
@@ -21,14 +21,10 @@ __all__ = [
 ]
 
 
-class Scale(Transform):
+class Scale(Stateless):
     """``u -> factor * u``."""
 
     factor: Any
-
-    def init(self, params):
-        del params
-        return EmptyState()
 
     def update(self, updates, state, params=None, **extra):
         del params, extra
@@ -81,6 +77,10 @@ class ScaleByLearningRate(Transform):
         else:
             updates = jax.tree.map(lambda g: g * step, updates)
         return updates, ScaleByLearningRateState(count=jtree.increment(state.count))
+
+    def learning_rate_factors(self, params, state, new_state):
+        del params, new_state
+        return [LrFactor("rate", hp.value_at(self.learning_rate, state.count))]
 
 
 def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> ScaleByLearningRate:

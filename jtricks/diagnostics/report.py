@@ -1,220 +1,27 @@
-"""Gradient health: per-layer norms, update-to-parameter ratios, activation statistics
-and a report that flags vanishing and exploding layers.
-
-The lesson's first trouble: in a deep network gradients can shrink (vanish) or grow
-(explode) geometrically with depth, and so can activations when the initialisation
-is off. The functions here measure that on any pytree (plain JAX dicts, flax linen
-``params``, flax nnx ``State``), keyed by readable paths such as ``Dense_0/kernel``.
-
-* :func:`leaf_norms`, :func:`layer_norms`, :func:`update_ratios`,
-  :func:`activation_stats` are jittable and return dicts of arrays.
-* :func:`report` (and :func:`report_from_monitor`, fed by ``jt.monitor``) gathers
-  them on the host into a :class:`Report`: plain dicts of floats, a tuple of
-  :class:`Flag` s and a readable table (``print(report)``).
-
-Flags and their default thresholds (see :class:`Thresholds`):
-
-==============  ===========  ==========================================================
-section          flag         rule (per leaf / per activation)
-==============  ===========  ==========================================================
-gradients        nonfinite    the gradient has a NaN or inf
-gradients        exploding    ``||g|| > grad_explode`` (1e3)
-gradients        vanishing    ``||g|| < grad_vanish`` (1e-7) or
-                              ``||g|| < grad_relative * max_leaf ||g||`` (1e-5)
-updates          exploding    ``||u|| / ||p|| > ratio_high`` (0.1: 10% per step)
-updates          vanishing    ``||u|| / ||p|| < ratio_low`` (1e-6); skipped if ``p = 0``
-activations      nonfinite    any NaN or inf
-activations      exploding    ``std > act_explode`` (100: far outside [-1, 1])
-activations      vanishing    ``std < act_vanish`` (1e-4)
-activations      dead         a fraction ``>= dead`` (0.95) of the entries is exactly 0
-==============  ===========  ==========================================================
-
-Example:
-    >>> grads = jax.grad(loss_fn)(params, batch)
-    >>> rep = jt.diagnostics.report(grads, params=params, activations=acts)
-    >>> print(rep)                  # a table
-    >>> rep.exploding               # ['Dense_0/kernel', ...]
-"""
+"""The diagnostics report: flags for vanishing, exploding, non-finite and dead values,
+and a readable table; see :mod:`jtricks.diagnostics` for the rules."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from jtricks.diagnostics.stats import (
+    activation_stats,
+    leaf_norms,
+    named_leaves,
+    natural_key,
+    update_ratios,
+)
 from jtricks.transforms.monitor import MonitorState
 
-__all__ = [
-    "path_name",
-    "leaf_norms",
-    "layer_norms",
-    "update_ratios",
-    "activation_stats",
-    "Thresholds",
-    "Flag",
-    "Report",
-    "report",
-    "report_from_monitor",
-    "find_monitor",
-]
+__all__ = ["Thresholds", "Flag", "Report", "report", "report_from_monitor", "find_monitor"]
 
 PyTree = Any
-
-
-# --- names ---------------------------------------------------------------------------
-
-
-def path_name(path: tuple) -> str:
-    """A readable ``/``-joined name for a tree path.
-
-    ``{'Dense_0': {'kernel': w}}`` gives ``Dense_0/kernel``; a list index gives its
-    number (``layers/2/w``). Flax wrappers are dropped: an nnx ``Variable``'s
-    trailing ``.value`` and linen's ``__call__`` level of captured intermediates
-    (``intermediates/Dense_0/__call__/0`` reads ``intermediates/Dense_0``).
-    """
-    parts: list[str] = []
-    keys = list(path)
-    if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
-        keys = keys[:-1]
-    after_call = False
-    for k in keys:
-        if isinstance(k, jax.tree_util.DictKey):
-            part = str(k.key)
-        elif isinstance(k, jax.tree_util.GetAttrKey):
-            part = k.name
-        elif isinstance(k, jax.tree_util.SequenceKey):
-            part = str(k.idx)
-        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
-            part = str(k.key)
-        else:
-            part = str(k)
-        if part == "__call__":
-            after_call = True
-            continue
-        if after_call and part == "0":
-            after_call = False
-            continue
-        after_call = False
-        parts.append(part)
-    return "/".join(parts) or "<root>"
-
-
-def _natural_key(name: str) -> tuple:
-    """Sorts ``layer_2`` before ``layer_10``."""
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
-
-
-def _named_leaves(tree: PyTree) -> list[tuple[str, Any]]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    named = [(path_name(p), x) for p, x in flat if x is not None]
-    seen: dict[str, int] = {}
-    out = []
-    for name, x in named:
-        # Distinct paths can print alike (a key containing "/"); keep every leaf.
-        if name in seen:
-            seen[name] += 1
-            name = f"{name}#{seen[name]}"
-        else:
-            seen[name] = 0
-        out.append((name, x))
-    return out
-
-
-# --- jittable statistics ---------------------------------------------------------------
-
-
-def _f32(x: Any) -> jax.Array:
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def _norm(x: Any) -> jax.Array:
-    """The L2 norm, scaled by the largest entry so that squares cannot overflow.
-
-    An exploding gradient of entries ~1e20 has a finite fp32 norm, but the plain sum of
-    its squares is inf; dividing by ``max |x|`` first keeps it finite, so "exploding"
-    and "non-finite" stay distinct. NaN or inf entries give a NaN or inf norm.
-    """
-    x = _f32(x)
-    if x.size == 0:
-        return jnp.zeros((), x.dtype)
-    top = jnp.max(jnp.abs(x))
-    ok = jnp.isfinite(top) & (top > 0)
-    safe = jnp.where(ok, top, 1.0)
-    scaled = safe * jnp.sqrt(jnp.sum(jnp.square(x / safe)))
-    return jnp.where(ok, scaled, top)
-
-
-def leaf_norms(tree: PyTree) -> dict[str, jax.Array]:
-    """``{name: ||leaf||_2}`` for every leaf, in fp32; jittable.
-
-    Example:
-        >>> jt.diagnostics.leaf_norms({"dense": {"w": w, "b": b}})
-        {'dense/b': Array(...), 'dense/w': Array(...)}
-    """
-    return {name: _norm(x) for name, x in _named_leaves(tree)}
-
-
-def layer_norms(tree: PyTree) -> dict[str, jax.Array]:
-    """``{layer: ||all leaves of the layer||_2}``, a layer being a leaf's parent path
-    (``Dense_0/kernel`` and ``Dense_0/bias`` make ``Dense_0``); jittable."""
-    groups: dict[str, list[jax.Array]] = {}
-    for name, x in _named_leaves(tree):
-        layer = name.rsplit("/", 1)[0] if "/" in name else name
-        groups.setdefault(layer, []).append(_norm(x))
-    return {k: _norm(jnp.stack(v)) for k, v in groups.items()}
-
-
-def update_ratios(updates: PyTree, params: PyTree) -> dict[str, jax.Array]:
-    """``{name: ||u|| / ||p||}`` per leaf (NaN where ``||p|| == 0``); jittable.
-
-    The relative size of a step: around 1e-3 is the usual healthy range; 0.1 and
-    above means each step rewrites a tenth of the weights.
-    """
-    u = dict(_named_leaves(updates))
-    p = dict(_named_leaves(params))
-    if u.keys() != p.keys():
-        missing = sorted(set(p) ^ set(u))[:3]
-        raise ValueError(
-            f"update_ratios: updates and params have different leaves (e.g. {missing}). "
-            "Pass the updates emitted for these params."
-        )
-    out = {}
-    for name in p:
-        pn = _norm(p[name])
-        out[name] = jnp.where(pn > 0, _norm(u[name]) / jnp.where(pn > 0, pn, 1.0), jnp.nan)
-    return out
-
-
-def activation_stats(activations: PyTree) -> dict[str, dict[str, jax.Array]]:
-    """Per activation array: ``mean``, ``std``, ``min``, ``max``, ``frac_zero`` (share of
-    exact zeros: dead ReLUs) and ``frac_nonfinite``, over all its entries; jittable.
-
-    ``activations`` is any tree of arrays: a list of layer outputs, a dict, or flax
-    linen's captured ``intermediates``.
-    """
-    out = {}
-    for name, x in _named_leaves(activations):
-        x = _f32(x)
-        size = max(x.size, 1)
-        finite = jnp.isfinite(x)
-        out[name] = {
-            "mean": jnp.mean(x),
-            "std": jnp.std(x),
-            "min": jnp.min(x, initial=jnp.inf),
-            "max": jnp.max(x, initial=-jnp.inf),
-            "frac_zero": jnp.sum(x == 0) / size,
-            "frac_nonfinite": jnp.sum(~finite) / size,
-        }
-    return out
-
-
-# --- the report ------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,7 +110,7 @@ class Report:
 
         lines = []
         names = sorted(set(self.grad_norms) | set(self.param_norms) | set(self.update_ratios),
-                       key=_natural_key)
+                       key=natural_key)
         if names:
             width = max(len("leaf"), *(len(n) for n in names))
             head = "gradients"
@@ -319,7 +126,7 @@ class Report:
                     f"{fmt(self.param_norms.get(n)):>10}  "
                     f"{fmt(self.update_ratios.get(n)):>10}  {', '.join(kinds)}".rstrip())
         if self.activations:
-            acts = sorted(self.activations, key=_natural_key)
+            acts = sorted(self.activations, key=natural_key)
             width = max(len("activation"), *(len(n) for n in acts))
             cols = ("mean", "std", "min", "max")
             lines += ["activations", f"  {'activation':<{width}}  "
@@ -348,7 +155,7 @@ def _flags(grad_norms: dict, ratios: dict, acts: dict, t: Thresholds) -> list[Fl
     flags: list[Flag] = []
     finite = [v for v in grad_norms.values() if math.isfinite(v)]
     top = max(finite, default=0.0)
-    for n in sorted(grad_norms, key=_natural_key):
+    for n in sorted(grad_norms, key=natural_key):
         g = grad_norms[n]
         if not math.isfinite(g):
             flags.append(Flag(n, "gradients", "nonfinite",
@@ -364,7 +171,7 @@ def _flags(grad_norms: dict, ratios: dict, acts: dict, t: Thresholds) -> list[Fl
             flags.append(Flag(n, "gradients", "vanishing",
                               f"gradient norm {g:.3g} < grad_relative {t.grad_relative:g} x "
                               f"the largest leaf's {top:.3g}"))
-    for n in sorted(ratios, key=_natural_key):
+    for n in sorted(ratios, key=natural_key):
         r = ratios[n]
         if math.isnan(r):  # a zero parameter: no relative size
             continue
@@ -374,7 +181,7 @@ def _flags(grad_norms: dict, ratios: dict, acts: dict, t: Thresholds) -> list[Fl
         elif r < t.ratio_low:
             flags.append(Flag(n, "updates", "vanishing",
                               f"update/param ratio {r:.3g} < ratio_low {t.ratio_low:g}"))
-    for n in sorted(acts, key=_natural_key):
+    for n in sorted(acts, key=natural_key):
         s = acts[n]
         if s["frac_nonfinite"] > 0:
             flags.append(Flag(n, "activations", "nonfinite",
@@ -492,8 +299,8 @@ def report_from_monitor(opt_state: PyTree, params: PyTree = None, *,
             "report_from_monitor: no MonitorState found in opt_state. Wrap the optimizer "
             "with jt.monitor(tx) and pass the state it returns."
         )
-    norms = _host({"g": dict(_named_leaves(state.grad_norms)),
-                   "u": dict(_named_leaves(state.update_norms)),
+    norms = _host({"g": dict(named_leaves(state.grad_norms)),
+                   "u": dict(named_leaves(state.update_norms)),
                    "gn": state.grad_norm})
     param_norms: dict[str, float] = {}
     ratios: dict[str, float] = {}
@@ -510,4 +317,3 @@ def report_from_monitor(opt_state: PyTree, params: PyTree = None, *,
     acts = (_host(_all_stats(None, None, None, activations)["acts"])
             if activations is not None else {})
     return _build(norms["g"], norms["gn"], param_norms, ratios, acts, thresholds)
-

@@ -1,0 +1,263 @@
+"""One optimizer step: the loss signature, its checks, and the jitted, donated step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jtricks import hyperparams as hp
+from jtricks import tree as jtree
+from jtricks.base import Transform, apply_updates, as_transform
+from jtricks.train.state import TrainState
+
+__all__ = ["RESERVED_METRICS", "Step", "make_step", "step_body"]
+
+PyTree = Any
+
+RESERVED_METRICS = ("loss", "grad_norm", "learning_rate", "finite")
+"""Metric names make_step reports itself (``learning_rate/<group>`` too)."""
+
+
+def _loss_parts(out: Any) -> tuple[Any, PyTree, dict]:
+    """``(loss, model_state, metrics)`` from ``loss_fn``'s output, checked at trace time."""
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], tuple)
+            and len(out[1]) == 2):
+        raise TypeError(
+            "make_step: loss_fn must return (loss, (model_state, metrics)), got "
+            f"{type(out).__name__}: {out!r}. For a model without state return the "
+            "model_state it received; for no metrics return {}."
+        )
+    loss, (model_state, metrics) = out
+    if jnp.shape(loss) != ():
+        raise ValueError(
+            f"make_step: loss_fn must return a scalar loss, got an array of shape "
+            f"{jnp.shape(loss)} (dtype {jnp.result_type(loss)}). Reduce it over the "
+            "batch, e.g. jnp.mean(per_example_losses)."
+        )
+    metrics = {} if metrics is None else metrics
+    if not isinstance(metrics, Mapping):
+        raise TypeError(
+            f"make_step: the metrics returned by loss_fn must be a dict of scalars, got "
+            f"{type(metrics).__name__}. Return {{}} for no metrics."
+        )
+    clash = sorted(k for k in metrics if k in RESERVED_METRICS
+                   or str(k).startswith("learning_rate/"))
+    if clash:
+        raise ValueError(
+            f"make_step: loss_fn metrics use reserved names {clash}; make_step reports "
+            f"{list(RESERVED_METRICS)} itself. Rename them (e.g. 'data_loss')."
+        )
+    return loss, model_state, dict(metrics)
+
+
+def _check_model_state(old: PyTree, new: PyTree) -> None:
+    """``loss_fn`` must return the model state it received, same shapes and dtypes."""
+    if jax.tree.structure(old) != jax.tree.structure(new):
+        raise ValueError(
+            "make_step: loss_fn returned a model_state with a different structure from "
+            f"the one it received: {jtree.first_difference(old, new)}."
+            " Return the same tree with updated values."
+        )
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(old)[0],
+                            jax.tree.leaves(new)):
+        if jnp.shape(a) != jnp.shape(b) or jnp.result_type(a) != jnp.result_type(b):
+            raise ValueError(
+                f"make_step: loss_fn changed model_state at {jtree.keystr(path)} from "
+                f"{jnp.shape(a)} {jnp.result_type(a)} to {jnp.shape(b)} "
+                f"{jnp.result_type(b)}. Keep each leaf's shape and dtype (cast back with "
+                ".astype)."
+            )
+
+
+def step_body(state: TrainState, batch: PyTree, tx: Transform, averaging: Any,
+              loss_fn: Callable) -> tuple[TrainState, dict]:
+    """One optimizer step as a pure function (jitted, scanned or vmapped by callers)."""
+    key = jax.random.fold_in(state.key, state.step)
+
+    def objective(params):
+        loss, model_state, metrics = _loss_parts(
+            loss_fn(params, state.model_state, batch, key))
+        _check_model_state(state.model_state, model_state)
+        return loss, (model_state, metrics)
+
+    (loss, (model_state, aux)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.params)
+    # `value` feeds reduce_on_plateau; transforms that do not use it ignore it.
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
+    params = apply_updates(state.params, updates)
+    grad_norm = jtree.global_norm(grads, overflow_safe=True)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite step must not poison the running statistics either (the params
+    # are protected by skip_nonfinite when the optimizer is wrapped in it).
+    model_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                               model_state, state.model_state)
+    averages = state.averages
+    if averaging is not None:
+        averages = averaging.update(params, averages)
+    metrics = {**aux, "loss": loss, "grad_norm": grad_norm, "finite": finite,
+               **hp.learning_rates(tx, state.params, state.opt_state, opt_state)}
+    return TrainState(step=jtree.increment(state.step), params=params, opt_state=opt_state,
+                      model_state=model_state, key=state.key, averages=averages), metrics
+
+
+_jit_step = jax.jit(step_body, static_argnames=("loss_fn",), donate_argnums=(0,))
+
+
+def _batch_spec(batch: PyTree) -> tuple:
+    leaves, treedef = jax.tree.flatten(batch)
+    return treedef, tuple((np.shape(x), jnp.result_type(x)) for x in leaves)
+
+
+def _batch_mismatch(where: str, first: tuple, batch: PyTree) -> ValueError:
+    treedef, specs = first
+    if jax.tree.structure(batch) != treedef:
+        return ValueError(
+            f"{where}: this batch's structure differs from the first batch's: "
+            f"{jax.tree.structure(batch)} vs {treedef}. Every batch must be the same tree."
+        )
+    for (path, leaf), (shape, dtype) in zip(jax.tree_util.tree_flatten_with_path(batch)[0],
+                                            specs):
+        if np.shape(leaf) != shape or jnp.result_type(leaf) != dtype:
+            return ValueError(
+                f"{where}: batch leaf {jtree.keystr(path)} has shape {np.shape(leaf)} "
+                f"{jnp.result_type(leaf)}, but the first batch had {shape} {dtype}. Every "
+                "batch must have the same shapes (a new shape recompiles the step): drop "
+                "or pad the last partial batch."
+            )
+    return ValueError(f"{where}: batch differs from the first batch.")
+
+
+def _check_key(key: Any) -> jax.Array:
+    key = jnp.asarray(key) if not hasattr(key, "dtype") else key
+    if not (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+            or (key.dtype == jnp.uint32 and key.shape[-1:] == (2,))):
+        raise TypeError(
+            f"make_step.init: key must be a PRNG key (jax.random.key(seed)), got "
+            f"{key.dtype} of shape {key.shape}."
+        )
+    return key
+
+
+class Step:
+    """A jitted training step; build it with :func:`make_step`.
+
+    ``step(state, batch) -> (state, metrics)``; the input state is donated (its
+    buffers are reused), so keep only the returned one.
+    """
+
+    def __init__(self, loss_fn: Callable, tx: Any, averaging: Any = None):
+        if not callable(loss_fn):
+            raise TypeError(
+                f"make_step: loss_fn must be a function (params, model_state, batch, key) "
+                f"-> (loss, (model_state, metrics)), got {type(loss_fn).__name__}."
+            )
+        if averaging is not None and not all(
+                callable(getattr(averaging, m, None)) for m in ("init", "update", "value")):
+            raise TypeError(
+                f"make_step: averaging must have init/update/value methods (e.g. "
+                f"jt.averaging.ema(0.999)), got {type(averaging).__name__}."
+            )
+        self.loss_fn = loss_fn
+        self.tx = as_transform(tx, where="make_step")
+        self.averaging = averaging
+        self._first_batch: tuple | None = None
+
+    def init(self, params: PyTree, key: jax.Array, model_state: PyTree = None) -> TrainState:
+        """A fresh :class:`TrainState` at step 0 for ``params`` and the base ``key``."""
+        state = TrainState(
+            step=jnp.zeros([], jnp.int32),
+            params=params,
+            opt_state=self.tx.init(params),
+            model_state=model_state,
+            key=_check_key(key),
+            averages=None if self.averaging is None else self.averaging.init(params),
+        )
+        # The step donates the state's buffers: give it buffers of its own, so the
+        # caller's params stay valid and no buffer appears twice (an average or an
+        # optimizer state initialised *as* the params would alias them).
+        return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
+
+    def apply(self, state: TrainState, batch: PyTree) -> tuple[TrainState, dict]:
+        """The step as a pure, un-jitted function (for ``lax.scan``/``vmap``)."""
+        return step_body(state, batch, self.tx, self.averaging, self.loss_fn)
+
+    def check_batch(self, batch: PyTree, where: str = "step") -> None:
+        """Refuses a batch whose tree, shapes or dtypes differ from the first one's."""
+        spec = _batch_spec(batch)
+        if self._first_batch is None:
+            self._first_batch = spec
+        elif spec != self._first_batch:
+            raise _batch_mismatch(where, self._first_batch, batch)
+
+    def __call__(self, state: TrainState, batch: PyTree) -> tuple[TrainState, dict]:
+        if not isinstance(state, TrainState):
+            raise TypeError(
+                f"step: state must be a jt.train.TrainState (from step.init), got "
+                f"{type(state).__name__}."
+            )
+        self.check_batch(batch)
+        return _jit_step(state, batch, self.tx, self.averaging, loss_fn=self.loss_fn)
+
+    def eval_params(self, state: TrainState) -> PyTree:
+        """The params to evaluate: the average when ``averaging`` is set, else ``params``."""
+        if self.averaging is None:
+            return state.params
+        return self.averaging.value(state.averages, like=state.params)
+def make_step(loss_fn: Callable, tx: Any, *, averaging: Any = None) -> Step:
+    """Builds a jitted, donated training step.
+
+    Step ``t`` (0-based, ``t = state.step``) does::
+
+        key_t               = fold_in(state.key, t)
+        loss, (ms, metrics) = loss_fn(params, model_state, batch, key_t)
+        g                   = d loss / d params
+        updates, opt_state  = tx.update(g, opt_state, params, value=loss)
+        params              = params + updates
+        averages            = averaging.update(params, averages)        (if given)
+
+    ``value=loss`` feeds :func:`jtricks.reduce_on_plateau`. Gradient accumulation
+    and skipping non-finite steps are optimizer wrappers
+    (``jt.accumulate(tx, k)``, ``jt.skip_nonfinite(tx)``) and work unchanged; a step
+    whose loss or gradient is not finite also keeps the previous ``model_state``.
+
+    The metrics are ``loss``, ``grad_norm`` (global L2 norm of the gradient,
+    overflow-safe: finite for a finite gradient whose squares overflow fp32),
+    ``finite`` (bool), the learning rate the update applied (see
+    :func:`jtricks.hyperparams.learning_rates`: ``learning_rate`` when every
+    parameter gets the same factors, a schedule evaluated at its count times the
+    scale of any ``reduce_on_plateau`` over the same parameters;
+    ``learning_rate/<group>`` per group under a ``partition`` with two rates or a
+    masked plateau; nothing for a rate hidden inside an optax transform other than
+    ``optax.inject_hyperparams``) and the ``metrics`` dict returned by ``loss_fn``.
+    With ``jt.accumulate`` the averager sees every micro-step's params
+    (unchanged between updates), which only reweights the average.
+
+    The optimizer's hyperparameters are passed to the compiled step as data, so
+    steps built from ``jt.adam(1e-3)`` and ``jt.adam(3e-4)`` share one compilation.
+
+    Args:
+        loss_fn: ``(params, model_state, batch, key) -> (loss, (model_state,
+            metrics))`` with a scalar ``loss``.
+        tx: a jtricks transform or an optax ``GradientTransformation``.
+        averaging: optional parameter averager, e.g. ``jt.averaging.ema(0.999)``.
+
+    Returns:
+        A :class:`Step`: ``step.init(params, key, model_state)`` builds the state,
+        ``step(state, batch)`` runs one step (validating that the batch's shapes match
+        the first batch's), ``step.apply`` is the pure function.
+
+    Example:
+        >>> def loss_fn(params, model_state, batch, key):
+        ...     x, y = batch
+        ...     logits = mlp(params, x)
+        ...     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        ...     return loss, (model_state, {})
+        >>> step = jt.train.make_step(loss_fn, jt.adam(1e-3))
+        >>> state = step.init(params, jax.random.key(0))
+        >>> state, metrics = step(state, (x, y))
+    """
+    return Step(loss_fn, tx, averaging)

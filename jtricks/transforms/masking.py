@@ -1,0 +1,188 @@
+"""Masking and partitioning: an inner transform applied to some leaves only.
+
+Masks and labels choose which leaves are touched; they are structural and live in
+the treedef (see :func:`jtricks.tree.resolve_mask` for what a mask may be). Inner
+transforms are pytree children, so their hyperparameters stay data, and may be
+jtricks or optax transforms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+
+from jtricks import tree as jtree
+from jtricks.base import LrFactor, Transform, as_transform, static_field
+
+__all__ = [
+    "MaskedNode",
+    "MaskedState",
+    "Masked",
+    "masked",
+    "PartitionState",
+    "Partition",
+    "partition",
+]
+
+
+class MaskedNode(NamedTuple):
+    """Stands in for a leaf hidden from an inner transform (a node with no leaves,
+    so ``jax.tree.map`` skips it)."""
+
+
+def _hide(mask: Any, tree: Any) -> Any:
+    """``tree`` with each unmasked leaf replaced by a :class:`MaskedNode`."""
+    if tree is None:
+        return None
+    return jax.tree.map(lambda m, x: x if m else MaskedNode(), mask, tree)
+
+
+def _unhide(mask: Any, new: Any, old: Any) -> Any:
+    """Leaves of ``new`` where ``mask`` is true, of ``old`` elsewhere."""
+    return jax.tree.map(lambda m, n, o: n if m else o, mask, new, old)
+
+
+def _restrict(factor: LrFactor, mask: Any) -> LrFactor:
+    """An inner transform's factor, its coverage re-expressed over the full tree."""
+    masked_leaves = jax.tree.leaves(mask)
+    inner = None if factor.coverage is None else iter(jax.tree.leaves(factor.coverage))
+    full = [m and (inner is None or bool(next(inner))) for m in masked_leaves]
+    return factor._replace(coverage=jax.tree.structure(mask).unflatten(full))
+
+
+# --- masked -------------------------------------------------------------------------
+
+
+class MaskedState(NamedTuple):
+    """``inner_state``: the inner transform's state over the masked leaves only."""
+
+    inner_state: Any
+
+
+class Masked(Transform):
+    """Applies ``inner`` to the masked leaves only; see :func:`masked`."""
+
+    inner: Transform
+    mask: Any = static_field()
+
+    def init(self, params):
+        mask = jtree.resolve_mask(self.mask, params, where="masked.init")
+        return MaskedState(inner_state=self.inner.init(_hide(mask, params)))
+
+    def update(self, updates, state, params=None, **extra):
+        mask = jtree.resolve_mask(self.mask, updates, where="masked.update")
+        new, inner_state = self.inner.update(_hide(mask, updates), state.inner_state,
+                                             _hide(mask, params), **extra)
+        return _unhide(mask, new, updates), MaskedState(inner_state=inner_state)
+
+    def learning_rate_factors(self, params, state, new_state):
+        mask = jtree.resolve_mask(self.mask, params, where="masked")
+        inner = self.inner.learning_rate_factors(_hide(mask, params), state.inner_state,
+                                                 new_state.inner_state)
+        return [_restrict(f, mask) for f in inner]
+
+
+def masked(tx: Any, mask: Any) -> Masked:
+    """Applies ``tx`` only to the leaves where ``mask`` is true; others pass through.
+
+    ::
+
+        u_i -> tx(u)_i   where mask_i
+        u_i -> u_i       elsewhere
+
+    The inner transform sees (and keeps state for) the masked leaves only; the
+    others are replaced by :class:`MaskedNode` placeholders, as in ``optax.masked``.
+
+    Args:
+        tx: the transform to apply (jtricks or optax).
+        mask: a tree of Python bools with the params' structure or a prefix of it
+            (``{"encoder": False, "head": True}``), or a callable ``params -> such a
+            tree``. It is structural: its values must be known before tracing.
+
+    Example:
+        >>> no_bias = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+        >>> tx = jt.chain(jt.masked(jt.add_decayed_weights(1e-4), no_bias), jt.adam(1e-3))
+    """
+    return Masked(inner=as_transform(tx, where="masked"), mask=mask)
+
+
+# --- partition ----------------------------------------------------------------------
+
+
+class PartitionState(NamedTuple):
+    """``inner_states``: ``{label: MaskedState}``, one per transform."""
+
+    inner_states: Any
+
+
+class Partition(Transform):
+    """Applies ``transforms[label]`` to the leaves labelled ``label``; see :func:`partition`."""
+
+    transforms: dict
+    labels: Any = static_field()
+
+    def _masked(self, where: str, tree: Any) -> dict[Hashable, Masked]:
+        """One :class:`Masked` per label, masking that label's leaves."""
+        labels = self.labels(tree) if callable(self.labels) else self.labels
+        full = jtree.broadcast_prefix(labels, tree, where=where, what="labels")
+        for path, label in jax.tree_util.tree_flatten_with_path(full)[0]:
+            if not isinstance(label, Hashable) or label not in self.transforms:
+                raise ValueError(
+                    f"{where}: the leaf at {jtree.keystr(path)} has label {label!r}, "
+                    f"which has no transform; the transforms are for "
+                    f"{sorted(map(repr, self.transforms))}. Add a transform for it, "
+                    "or fix the labels."
+                )
+        return {k: Masked(inner=tx, mask=jax.tree.map(lambda lab, k=k: lab == k, full))
+                for k, tx in self.transforms.items()}
+
+    def init(self, params):
+        return PartitionState(inner_states={
+            k: m.init(params) for k, m in self._masked("partition.init", params).items()})
+
+    def update(self, updates, state, params=None, **extra):
+        inner_states = {}
+        for k, m in self._masked("partition.update", updates).items():
+            updates, inner_states[k] = m.update(updates, state.inner_states[k], params,
+                                                **extra)
+        return updates, PartitionState(inner_states=inner_states)
+
+    def hyperparams_at(self, state):
+        return {str(k): tx.hyperparams_at(state.inner_states[k].inner_state)
+                for k, tx in self.transforms.items()}
+
+    def learning_rate_factors(self, params, state, new_state):
+        return [f for k, m in self._masked("partition", params).items()
+                for f in m.learning_rate_factors(params, state.inner_states[k],
+                                                 new_state.inner_states[k])]
+
+
+def partition(transforms: Mapping[Hashable, Any], labels: Any) -> Partition:
+    """Applies a different transform to each labelled group of parameters.
+
+    ``labels`` gives each leaf a label; leaf ``i`` gets ``transforms[label_i](u)_i``,
+    each transform seeing (and keeping state for) its own group only
+    (``optax.partition``, formerly ``optax.multi_transform``).
+
+    Args:
+        transforms: ``{label: transform}`` (jtricks or optax transforms).
+        labels: a tree of labels with the params' structure or a prefix of it, or a
+            callable ``params -> such a tree``. Every label must be a key of
+            ``transforms``. Structural: known before tracing.
+
+    Example:
+        >>> labels = {"backbone": "frozen", "head": "train"}
+        >>> tx = jt.partition({"train": jt.adam(1e-3), "frozen": jt.scale(0.0)}, labels)
+    """
+    if not isinstance(transforms, Mapping) or not transforms:
+        raise TypeError(
+            f"partition: transforms must be a non-empty dict {{label: transform}}, got "
+            f"{type(transforms).__name__}: {transforms!r}."
+        )
+    return Partition(
+        transforms={k: as_transform(t, where=f"partition[{k!r}]")
+                    for k, t in transforms.items()},
+        labels=labels,
+    )
