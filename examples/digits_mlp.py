@@ -114,7 +114,7 @@ def main(argv=None):
         return {"loss": cross_entropy(logits, y), "accuracy": jnp.mean(logits.argmax(-1) == y)}
 
     # Trick: learning-rate decay, x0.98 after every epoch (a staircase per epoch).
-    schedule = jt.schedules.exponential_decay(args.lr, args.decay, steps_per_epoch,
+    schedule = jt.schedules.exponential_decay(args.lr, steps_per_epoch, args.decay,
                                               staircase=True)
     step = jt.train.make_step(loss_fn, jt.adam(schedule),
                               averaging=jt.averaging.ema(args.ema))

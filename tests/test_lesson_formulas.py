@@ -110,7 +110,7 @@ def test_clip_by_global_norm_above_the_threshold_rescales_to_it(params, grads, t
 
 def test_exponential_decay_per_epoch(params):
     lr, steps_per_epoch = 0.1, 7
-    schedule = jt.schedules.exponential_decay(lr, 0.98, steps_per_epoch, staircase=True)
+    schedule = jt.schedules.exponential_decay(lr, steps_per_epoch, 0.98, staircase=True)
     counts = jnp.arange(10 * steps_per_epoch)
     np.testing.assert_allclose(jax.vmap(schedule)(counts),
                                lr * 0.98 ** (np.arange(counts.size) // steps_per_epoch),
