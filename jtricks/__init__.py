@@ -32,14 +32,20 @@ from jtricks.base import (
     identity,
     static_field,
 )
+from jtricks.hyperparams import ScheduleCountState
 from jtricks.optimizers import adagrad, adam, adamw, normalized_sgd, rmsprop, sgd
 from jtricks.transforms.adaptive import (
-    ScaleByAdagradState,
     ScaleByAdamState,
     ScaleByRmsState,
+    ScaleByRmsWithCountState,
+    ScaleByRssState,
+    ScaleByRStdDevState,
+    ScaleByRStdDevWithCountState,
     scale_by_adagrad,
     scale_by_adam,
     scale_by_rms,
+    scale_by_rss,
+    scale_by_stddev,
 )
 from jtricks.transforms.clipping import (
     adaptive_grad_clip,
@@ -60,9 +66,10 @@ from jtricks.transforms.momentum import TraceState, trace
 from jtricks.transforms.monitor import MonitorState, monitor
 from jtricks.transforms.plateau import ReduceOnPlateauState, reduce_on_plateau
 from jtricks.transforms.scaling import (
-    ScaleByLearningRateState,
+    ScaleByScheduleState,
     scale,
     scale_by_learning_rate,
+    scale_by_schedule,
 )
 from jtricks.transforms.wrappers import (
     AccumulateState,

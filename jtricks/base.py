@@ -40,6 +40,7 @@ __all__ = [
     "Schedule",
     "FunctionSchedule",
     "is_schedule",
+    "count_of",
     "value_at",
     "Transform",
     "LrFactor",
@@ -82,6 +83,14 @@ class FunctionSchedule(Schedule):
 def is_schedule(value: Any) -> bool:
     """True for a schedule: anything callable that is not an array."""
     return callable(value) and not isinstance(value, (jax.Array, np.ndarray))
+
+
+def count_of(state: Any) -> jax.Array | None:
+    """The ``count`` field of a NamedTuple state, or ``None`` if it has none.
+
+    (``getattr(state, "count")`` would find the tuple method ``count`` instead.)
+    """
+    return state.count if "count" in getattr(state, "_fields", ()) else None
 
 
 def value_at(value: Any, count: jax.Array) -> Any:
@@ -140,7 +149,7 @@ class Transform(Struct):
         an inner transform's values come as a nested dict under its field's name.
         See :func:`jtricks.hyperparams.current` for the flat, by-path form.
         """
-        count = getattr(state, "count", None)
+        count = count_of(state)
         out: dict[str, Any] = {}
         for name in self._data_fields:
             value = getattr(self, name)

@@ -22,18 +22,31 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jtricks import tree as jtree
-from jtricks.base import FunctionSchedule, Schedule, Transform, is_schedule, value_at
+from jtricks.base import (
+    FunctionSchedule,
+    Schedule,
+    Transform,
+    count_of,
+    is_schedule,
+    value_at,
+)
 
 __all__ = [
     "is_schedule",
+    "count_of",
     "as_hyper",
+    "ScheduleCountState",
+    "has_schedule",
+    "with_count",
+    "split_count",
+    "next_count",
     "value_at",
     "concrete",
     "current",
@@ -70,6 +83,51 @@ def as_hyper(value: Any) -> Any:
     if isinstance(value, Schedule) or not is_schedule(value):
         return value
     return FunctionSchedule(fn=value)
+
+
+class ScheduleCountState(NamedTuple):
+    """A transform's state, shaped as optax's, plus the count its schedules need.
+
+    optax keeps no step count in the state of, e.g., ``trace`` or ``scale_by_rms``,
+    because their hyperparameters cannot be schedules there. jtricks accepts a
+    schedule for every scalar hyperparameter; only a transform that holds one keeps
+    its state inside this wrapper, so every configuration optax can express has
+    optax's state, field for field (and checkpoints cross between the libraries).
+
+    Attributes:
+        count: int32, the number of updates so far (indexes the schedules).
+        state: the transform's own (optax-shaped) state.
+    """
+
+    count: jax.Array
+    state: Any
+
+
+def has_schedule(tx: Transform) -> bool:
+    """Whether any hyperparameter field of ``tx`` is a schedule (a static property)."""
+    return any(isinstance(getattr(tx, n), Schedule) for n in tx._data_fields)
+
+
+def with_count(tx: Transform, state: Any) -> Any:
+    """``state`` as ``init`` returns it: wrapped with a zero count iff ``tx`` holds a
+    schedule."""
+    if has_schedule(tx):
+        return ScheduleCountState(count=jnp.zeros([], jnp.int32), state=state)
+    return state
+
+
+def split_count(state: Any) -> tuple[jax.Array | None, Any]:
+    """``(count, inner state)``; the count is ``None`` for an unwrapped state."""
+    if isinstance(state, ScheduleCountState):
+        return state.count, state.state
+    return None, state
+
+
+def next_count(old: Any, new_state: Any) -> Any:
+    """``new_state`` wrapped like ``old`` was, its count advanced by one update."""
+    if isinstance(old, ScheduleCountState):
+        return ScheduleCountState(count=jtree.increment(old.count), state=new_state)
+    return new_state
 
 
 def concrete(value: Any) -> np.ndarray | None:

@@ -34,6 +34,7 @@ __all__ = [
     "unzip2",
     "unzip3",
     "broadcast_prefix",
+    "is_mask_function",
     "resolve_mask",
 ]
 
@@ -324,6 +325,15 @@ def broadcast_prefix(prefix: PyTree, tree: PyTree, where: str = "mask",
         ) from None
 
 
+def is_mask_function(mask: Any) -> bool:
+    """Whether ``mask`` is a function ``params -> mask`` rather than a mask tree.
+
+    A callable that is itself a pytree node with leaves (an equinox module used as
+    a tree of bools) is a tree, not a function.
+    """
+    return callable(mask) and jax.tree_util.treedef_is_leaf(jax.tree.structure(mask))
+
+
 def resolve_mask(mask: Any, params: PyTree, where: str = "mask") -> PyTree:
     """Turns ``mask`` into a tree of Python bools shaped like ``params``.
 
@@ -333,7 +343,7 @@ def resolve_mask(mask: Any, params: PyTree, where: str = "mask") -> PyTree:
     transform touches, so they must be known when tracing (Python or NumPy bools,
     not traced arrays).
     """
-    if callable(mask):
+    if is_mask_function(mask):
         mask = mask(params)
     full = broadcast_prefix(mask, params, where=where)
     out = []

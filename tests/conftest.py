@@ -209,7 +209,19 @@ def _cases():
     return rows
 
 
-CASES = _cases()
+# One module per optimizer family, each defining ROWS in the format above.
+FAMILIES: tuple[str, ...] = ()
+
+
+def _family_rows():
+    import importlib
+
+    return [row for family in FAMILIES
+            for row in importlib.import_module(f"cases_{family}").ROWS]
+
+
+CASES = _cases() + _family_rows()
+assert len({name for name, _, _ in CASES}) == len(CASES), "two table rows share a name"
 
 
 def pytest_generate_tests(metafunc):

@@ -140,15 +140,22 @@ def test_init_update_unpacking(params, grads):
     jax.tree.map(np.testing.assert_array_equal, c, b)
 
 
-def test_states_use_the_conventional_field_names(params):
-    assert jt.trace(0.9).init(params)._fields == ("count", "trace")
-    assert jt.scale_by_adagrad().init(params)._fields == ("count", "sum_of_squares")
-    plain, centered = jt.scale_by_rms().init(params), jt.scale_by_rms(centered=True).init(params)
-    # One state type whatever `centered` is; only the mu subtree differs.
-    assert type(plain) is type(centered) is jt.ScaleByRmsState
-    assert plain.mu is None
+def test_states_use_optaxs_field_names(params):
+    # Field for field optax's states (tests/test_state_compat.py compares them all).
+    assert jt.trace(0.9).init(params)._fields == ("trace",)
+    assert jt.scale_by_adagrad().init(params)._fields == ("sum_of_squares",)
+    assert jt.scale_by_rms().init(params)._fields == ("nu",)
+    assert jt.scale_by_rms(bias_correction=True).init(params)._fields == ("count", "nu")
+    assert jt.scale_by_stddev().init(params)._fields == ("mu", "nu")
+    assert jt.scale_by_stddev(bias_correction=True).init(params)._fields == (
+        "count", "mu", "nu")
+    centered = jt.scale_by_rms(centered=True).init(params)
+    assert type(centered) is jt.ScaleByRStdDevState
     assert jax.tree.structure(centered.mu) == jax.tree.structure(params)
-    for state in (jt.trace(0.9).init(params), plain, centered, jt.adam(1e-3).init(params)[0]):
+    assert jt.scale_by_learning_rate(0.1).init(params) == jt.EmptyState()
+    assert jt.scale_by_learning_rate(lambda k: 0.1).init(params)._fields == ("count",)
+    for state in (jt.scale_by_rms(bias_correction=True).init(params),
+                  jt.adam(1e-3).init(params)[0], jt.trace(lambda k: 0.9).init(params)):
         assert state.count.dtype == jnp.int32 and state.count.shape == ()
     for tx in (jt.clip(1.0), jt.clip_by_global_norm(1.0), jt.normalize_by_global_norm(),
                jt.adaptive_grad_clip(0.1), jt.add_decayed_weights(1e-4)):
@@ -167,7 +174,9 @@ def test_accumulator_dtype_sets_the_trace_dtype_only(params_bf16):
 
 
 def test_count_equals_the_number_of_updates(params, grads):
-    tx = jt.rmsprop(0.01, momentum=0.9)
+    # Each kind of count: a debiased rms, a scheduled rate, a scheduled momentum.
+    tx = jt.rmsprop(lambda k: 0.01, bias_correction=True,
+                    momentum=jt.schedules.constant(0.9))
     state = tx.init(params)
     for _ in range(3):
         _, state = tx.update(grads, state, params)

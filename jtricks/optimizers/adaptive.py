@@ -12,7 +12,12 @@ from typing import Any
 from jtricks import hyperparams as hp
 from jtricks.base import Chain, chain
 from jtricks.optimizers.sgd import momentum_tail
-from jtricks.transforms.adaptive import scale_by_adagrad, scale_by_adam, scale_by_rms
+from jtricks.transforms.adaptive import (
+    scale_by_adam,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_stddev,
+)
 from jtricks.transforms.decay import add_decayed_weights
 from jtricks.transforms.scaling import scale_by_learning_rate
 
@@ -40,14 +45,13 @@ def adagrad(learning_rate: Any, initial_accumulator_value: Any = 0.1,
         >>> tx = jt.adagrad(0.1)
     """
     with hp.reporting_as("adagrad"):
-        return chain(scale_by_adagrad(initial_accumulator_value, eps),
+        return chain(scale_by_rss(initial_accumulator_value, eps),
                      scale_by_learning_rate(learning_rate))
 
 
-def rmsprop(learning_rate: Any, decay: Any = 0.9, eps: Any = 1e-8, centered: bool = False,
-            momentum: Any = None, nesterov: bool = False, *,
-            initial_scale: Any = 0.0, eps_in_sqrt: bool = True,
-            bias_correction: bool = False) -> Chain:
+def rmsprop(learning_rate: Any, decay: Any = 0.9, eps: Any = 1e-8, initial_scale: Any = 0.0,
+            eps_in_sqrt: bool = True, centered: bool = False, momentum: Any = None,
+            nesterov: bool = False, bias_correction: bool = False) -> Chain:
     """RMSProp (Hinton, 2012; centered: Graves, 2013), with optional momentum.
 
     ``eps`` sits inside the square root (optax's default, unlike PyTorch)::
@@ -68,20 +72,20 @@ def rmsprop(learning_rate: Any, decay: Any = 0.9, eps: Any = 1e-8, centered: boo
         learning_rate: step size, >= 0; a float, an array or a schedule.
         decay: the running mean's decay rate, in [0, 1).
         eps: added inside the square root, >= 0.
+        initial_scale: the starting value of ``nu`` (0 as in optax and PyTorch).
+        eps_in_sqrt: ``False`` divides by ``sqrt(nu) + eps`` (PyTorch's placement).
         centered: divide by the running standard deviation (static).
         momentum: momentum coefficient in [0, 1), or ``None`` for none.
         nesterov: use Nesterov momentum (needs ``momentum``).
-        initial_scale: the starting value of ``nu`` (0 as in optax and PyTorch).
-        eps_in_sqrt: ``False`` divides by ``sqrt(nu) + eps`` (PyTorch's placement).
         bias_correction: debias ``nu`` (and ``mu``) by ``1 - decay**t`` as Adam does.
 
     Example:
         >>> tx = jt.rmsprop(1e-3, momentum=0.9)
     """
     with hp.reporting_as("rmsprop"):
+        scaling = scale_by_stddev if centered else scale_by_rms
         return chain(
-            scale_by_rms(decay, eps, centered, initial_scale=initial_scale,
-                         eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction),
+            scaling(decay, eps, initial_scale, eps_in_sqrt, bias_correction),
             scale_by_learning_rate(learning_rate),
             momentum_tail("rmsprop", momentum, nesterov),
         )

@@ -26,7 +26,7 @@ One module per family:
   :func:`warmup_exponential_decay`;
 * :mod:`~jtricks.schedules.cosine`: :func:`cosine_decay`, :func:`warmup_cosine_decay`,
   :func:`sgdr`;
-* :mod:`~jtricks.schedules.join`: :func:`join`.
+* :mod:`~jtricks.schedules.sequence`: :func:`join`.
 """
 
 from jtricks.base import FunctionSchedule, Schedule
@@ -48,7 +48,7 @@ from jtricks.schedules.decay import (
     linear,
     polynomial,
 )
-from jtricks.schedules.join import Join, join
+from jtricks.schedules.sequence import Join, join
 from jtricks.schedules.piecewise import (
     CosineOnecycle,
     LinearOnecycle,

@@ -17,7 +17,7 @@ from jax.typing import ArrayLike
 from jtricks import hyperparams as hp
 from jtricks.base import Schedule
 from jtricks.schedules._steps import step_count
-from jtricks.schedules.join import Join
+from jtricks.schedules.sequence import Join
 from jtricks.schedules.warmup import check_warmup, warmup_then
 
 __all__ = [

@@ -12,12 +12,17 @@ from jtricks import tree as jtree
 from jtricks.base import Transform, static_field
 
 __all__ = [
-    "ScaleByAdagradState",
-    "ScaleByAdagrad",
+    "ScaleByRssState",
+    "ScaleByRss",
+    "scale_by_rss",
     "scale_by_adagrad",
     "ScaleByRmsState",
+    "ScaleByRmsWithCountState",
+    "ScaleByRStdDevState",
+    "ScaleByRStdDevWithCountState",
     "ScaleByRms",
     "scale_by_rms",
+    "scale_by_stddev",
     "ScaleByAdamState",
     "ScaleByAdam",
     "scale_by_adam",
@@ -88,8 +93,8 @@ class ScaleByAdam(Transform):
 
 
 def scale_by_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, eps_root: Any = 0.0,
-                  mu_dtype: Any = None, nu_dtype: Any = None, *,
-                  nesterov: bool = False) -> ScaleByAdam:
+                  mu_dtype: Any = None, *, nesterov: bool = False,
+                  nu_dtype: Any = None) -> ScaleByAdam:
     """Rescales updates by Adam's bias-corrected moment estimates.
 
     With ``g`` the incoming update and ``t`` the 1-based step::
@@ -111,8 +116,8 @@ def scale_by_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, eps_root: Any
         eps_root: added inside the square root, >= 0.
         mu_dtype: dtype of ``mu`` in the state (e.g. ``jnp.float32`` for bf16
             params); ``None`` keeps the params' dtype.
-        nu_dtype: dtype of ``nu`` likewise.
         nesterov: use Nesterov momentum (NAdam); static.
+        nu_dtype: dtype of ``nu`` likewise (a jtricks keyword).
 
     Example:
         >>> tx = jt.chain(jt.scale_by_adam(b1=0.9), jt.scale_by_learning_rate(1e-3))
@@ -135,49 +140,46 @@ def _full_like(params: Any, value: Any) -> Any:
     return jax.tree.map(lambda p: jnp.full(jnp.shape(p), value, jnp.result_type(p)), params)
 
 
-class ScaleByAdagradState(NamedTuple):
-    """``count`` int32 updates so far; ``sum_of_squares`` of all updates to date."""
+class ScaleByRssState(NamedTuple):
+    """``sum_of_squares`` of all updates to date (optax's ``ScaleByRssState``)."""
 
-    count: jax.Array
     sum_of_squares: Any
 
 
-class ScaleByAdagrad(Transform):
-    """Adagrad's per-coordinate scaling; see :func:`scale_by_adagrad`."""
+class ScaleByRss(Transform):
+    """Adagrad's per-coordinate scaling; see :func:`scale_by_rss`."""
 
     initial_accumulator_value: Any
     eps: Any
 
     def init(self, params):
-        hp.check_float_params("scale_by_adagrad", params)
-        return ScaleByAdagradState(
-            count=jnp.zeros([], jnp.int32),
-            sum_of_squares=_full_like(params, self.initial_accumulator_value),
-        )
+        hp.check_float_params("scale_by_rss", params)
+        sums = _full_like(params, self.initial_accumulator_value)
+        return hp.with_count(self, ScaleByRssState(sum_of_squares=sums))
 
     def update(self, updates, state, params=None, **extra):
         del params, extra
-        eps = hp.value_at(self.eps, state.count)
+        count, inner = hp.split_count(state)
+        eps = hp.value_at(self.eps, count)
 
         def leaf(g, s):
             # One fused pass; s keeps its dtype so the state is scan-stable.
             s = (jtree.abs_sq(g) + s).astype(s.dtype)
             return jnp.where(s > 0, jax.lax.rsqrt(s + eps), 0) * g, s
 
-        out = jtree.map_checked(leaf, updates, state.sum_of_squares,
+        out = jtree.map_checked(leaf, updates, inner.sum_of_squares,
                                 names=("updates", "state.sum_of_squares"),
-                                where="scale_by_adagrad.update")
+                                where="scale_by_rss.update")
         u, sum_of_squares = jtree.unzip2(updates, out)
-        return u, ScaleByAdagradState(count=jtree.increment(state.count),
-                                      sum_of_squares=sum_of_squares)
+        return u, hp.next_count(state, ScaleByRssState(sum_of_squares=sum_of_squares))
 
 
-def scale_by_adagrad(initial_accumulator_value: Any = 0.1, eps: Any = 1e-7) -> ScaleByAdagrad:
+def scale_by_rss(initial_accumulator_value: Any = 0.1, eps: Any = 1e-7) -> ScaleByRss:
     """Divides each coordinate by the root of its sum of squared updates (Adagrad).
 
-    Same numbers as optax's ``scale_by_rss``. With ``g`` the incoming update::
+    With ``g`` the incoming update::
 
-        s <- s + g**2                       (s starts at initial_accumulator_value)
+        s <- s + |g|**2                     (s starts at initial_accumulator_value)
         u <- g / sqrt(s + eps)              (0 where s == 0)
 
     Args:
@@ -186,51 +188,86 @@ def scale_by_adagrad(initial_accumulator_value: Any = 0.1, eps: Any = 1e-7) -> S
         eps: added inside the square root, >= 0; a float, an array or a schedule.
 
     Example:
-        >>> tx = jt.chain(jt.scale_by_adagrad(), jt.scale_by_learning_rate(0.1))
+        >>> tx = jt.chain(jt.scale_by_rss(), jt.scale_by_learning_rate(0.1))
     """
-    hp.check_initial("scale_by_adagrad", "initial_accumulator_value", initial_accumulator_value)
-    hp.check_eps("scale_by_adagrad", "eps", eps)
-    return ScaleByAdagrad(initial_accumulator_value=initial_accumulator_value,
-                          eps=hp.as_hyper(eps))
+    hp.check_initial("scale_by_rss", "initial_accumulator_value", initial_accumulator_value)
+    hp.check_eps("scale_by_rss", "eps", eps)
+    return ScaleByRss(initial_accumulator_value=initial_accumulator_value,
+                      eps=hp.as_hyper(eps))
+
+
+def scale_by_adagrad(initial_accumulator_value: Any = 0.1, eps: Any = 1e-7) -> ScaleByRss:
+    """Adagrad's scaling under the lesson's name: exactly :func:`scale_by_rss`."""
+    with hp.reporting_as("scale_by_adagrad"):
+        return scale_by_rss(initial_accumulator_value, eps)
 
 
 class ScaleByRmsState(NamedTuple):
-    """``count`` int32 updates so far; ``nu`` the running mean of squared updates;
-    ``mu`` the running mean of updates when centered, else ``None``.
+    """``nu``: the running mean of squared updates."""
 
-    One state type whatever ``centered`` is: only the ``mu`` subtree differs.
-    """
+    nu: Any
+
+
+class ScaleByRmsWithCountState(NamedTuple):
+    """``count`` int32 updates so far (for the bias correction); ``nu`` as above."""
 
     count: jax.Array
     nu: Any
+
+
+class ScaleByRStdDevState(NamedTuple):
+    """``mu``: the running mean of updates; ``nu``: of their squares."""
+
     mu: Any
+    nu: Any
+
+
+class ScaleByRStdDevWithCountState(NamedTuple):
+    """``count`` int32 updates so far (for the bias correction); ``mu``, ``nu`` as above."""
+
+    count: jax.Array
+    mu: Any
+    nu: Any
 
 
 class ScaleByRms(Transform):
-    """RMSProp's scaling; see :func:`scale_by_rms`."""
+    """RMSProp's scaling, plain or centered; see :func:`scale_by_rms`."""
 
     decay: Any
     eps: Any
     initial_scale: Any
-    centered: bool = static_field(default=False)
     eps_in_sqrt: bool = static_field(default=True)
     bias_correction: bool = static_field(default=False)
+    centered: bool = static_field(default=False)
+
+    def _state(self, count: Any, mu: Any, nu: Any) -> Any:
+        """optax's state for this configuration (four kinds: centered x debiased)."""
+        if self.centered:
+            if self.bias_correction:
+                return ScaleByRStdDevWithCountState(count=count, mu=mu, nu=nu)
+            return ScaleByRStdDevState(mu=mu, nu=nu)
+        if self.bias_correction:
+            return ScaleByRmsWithCountState(count=count, nu=nu)
+        return ScaleByRmsState(nu=nu)
 
     def init(self, params):
-        hp.check_float_params("scale_by_rms", params)
-        return ScaleByRmsState(
-            count=jnp.zeros([], jnp.int32),
-            nu=_full_like(params, self.initial_scale),
-            mu=jtree.zeros_like(params) if self.centered else None,
-        )
+        hp.check_float_params(self._name(), params)
+        mu = jtree.zeros_like(params) if self.centered else None
+        state = self._state(jnp.zeros([], jnp.int32), mu, _full_like(params, self.initial_scale))
+        # A debiased state counts already; any other counts only for a schedule.
+        return state if self.bias_correction else hp.with_count(self, state)
+
+    def _name(self) -> str:
+        return "scale_by_stddev" if self.centered else "scale_by_rms"
 
     def update(self, updates, state, params=None, **extra):
         del params, extra
-        decay = hp.value_at(self.decay, state.count)
-        eps = hp.value_at(self.eps, state.count)
-        count = jtree.increment(state.count)
-        c = jtree.bias_correction(decay, count) if self.bias_correction else None
-        eps_in_sqrt = self.eps_in_sqrt
+        count, inner = (state.count, state) if self.bias_correction else hp.split_count(state)
+        decay = hp.value_at(self.decay, count)
+        eps = hp.value_at(self.eps, count)
+        new_count = None if count is None else jtree.increment(count)
+        c = jtree.bias_correction(decay, new_count) if self.bias_correction else None
+        eps_in_sqrt, centered = self.eps_in_sqrt, self.centered
 
         def debias(x):
             return x if c is None else x / c.astype(x.dtype)
@@ -238,70 +275,94 @@ class ScaleByRms(Transform):
         def scaling(var):
             return jax.lax.rsqrt(var + eps) if eps_in_sqrt else 1 / (jnp.sqrt(var) + eps)
 
-        if not self.centered:
-            def leaf(g, v):
-                v = ((1 - decay) * jtree.abs_sq(g) + decay * v).astype(v.dtype)
-                return scaling(debias(v)) * g, v
-
-            out = jtree.map_checked(leaf, updates, state.nu, names=("updates", "state.nu"),
-                                    where="scale_by_rms.update")
-            u, nu = jtree.unzip2(updates, out)
-            return u, ScaleByRmsState(count=count, nu=nu, mu=None)
+        def plain(g, v):
+            v = ((1 - decay) * jtree.abs_sq(g) + decay * v).astype(v.dtype)
+            return scaling(debias(v)) * g, v
 
         def centered_leaf(g, v, m):
-            m = ((1 - decay) * g + decay * m).astype(m.dtype)
             v = ((1 - decay) * jtree.abs_sq(g) + decay * v).astype(v.dtype)
+            m = ((1 - decay) * g + decay * m).astype(m.dtype)
             # The variance estimate can round below zero; clamp it so sqrt stays real.
-            var = jnp.real(debias(v)) - jtree.abs_sq(debias(m))
-            return scaling(jnp.maximum(var, 0)) * g, v, m
+            var = jnp.maximum(jnp.real(debias(v)) - jtree.abs_sq(debias(m)), 0)
+            return scaling(var) * g, v, m
 
-        out = jtree.map_checked(centered_leaf, updates, state.nu, state.mu,
-                                names=("updates", "state.nu", "state.mu"),
-                                where="scale_by_rms.update")
-        u, nu, mu = jtree.unzip3(updates, out)
-        return u, ScaleByRmsState(count=count, nu=nu, mu=mu)
+        where = f"{self._name()}.update"
+        if centered:
+            out = jtree.map_checked(centered_leaf, updates, inner.nu, inner.mu,
+                                    names=("updates", "state.nu", "state.mu"), where=where)
+            u, nu, mu = jtree.unzip3(updates, out)
+        else:
+            out = jtree.map_checked(plain, updates, inner.nu, names=("updates", "state.nu"),
+                                    where=where)
+            (u, nu), mu = jtree.unzip2(updates, out), None
+        new = self._state(new_count, mu, nu)
+        return u, new if self.bias_correction else hp.next_count(state, new)
 
 
-def scale_by_rms(decay: Any = 0.9, eps: Any = 1e-8, centered: bool = False, *,
-                 initial_scale: Any = 0.0, eps_in_sqrt: bool = True,
-                 bias_correction: bool = False) -> ScaleByRms:
+def _rms(where: str, decay: Any, eps: Any, initial_scale: Any, eps_in_sqrt: bool,
+         bias_correction: bool, centered: bool) -> ScaleByRms:
+    hp.check_decay(where, "decay", decay)
+    hp.check_eps(where, "eps", eps)
+    hp.check_initial(where, "initial_scale", initial_scale)
+    return ScaleByRms(decay=hp.as_hyper(decay), eps=hp.as_hyper(eps),
+                      initial_scale=initial_scale, eps_in_sqrt=bool(eps_in_sqrt),
+                      bias_correction=bool(bias_correction), centered=bool(centered))
+
+
+def scale_by_rms(decay: Any = 0.9, eps: Any = 1e-8, initial_scale: Any = 0.0,
+                 eps_in_sqrt: bool = True, bias_correction: bool = False, *,
+                 centered: bool = False) -> ScaleByRms:
     """Divides each coordinate by the root of a running mean of its squares (RMSProp).
 
-    Same numbers as optax's ``scale_by_rms`` (``centered=False``) and
-    ``scale_by_stddev`` (``centered=True``) with their defaults; ``eps`` sits
-    *inside* the square root. With ``g`` the incoming update::
+    optax's ``scale_by_rms``; ``eps`` sits *inside* the square root by default. With
+    ``g`` the incoming update and ``t`` the 1-based step::
 
-        nu <- decay * nu + (1 - decay) * g**2
+        nu <- decay * nu + (1 - decay) * |g|**2
         u  <- g / sqrt(nu + eps)
 
-    and when centered, with ``mu <- decay * mu + (1 - decay) * g``::
-
-        u  <- g / sqrt(max(nu - mu**2, 0) + eps)
-
-    ``eps_in_sqrt=False`` divides by ``sqrt(.) + eps`` instead (PyTorch's placement);
-    ``bias_correction=True`` divides ``nu`` and ``mu`` by ``1 - decay**t`` first (``t``
-    the 1-based step), as Adam does. Both as in optax.
-
-    The state is always a :class:`ScaleByRmsState` (``mu`` is ``None`` when not
-    centered), so neither ``centered`` nor ``bias_correction`` changes its type.
+    ``eps_in_sqrt=False`` divides by ``sqrt(nu) + eps`` instead (PyTorch's placement);
+    ``bias_correction=True`` divides ``nu`` by ``1 - decay**t`` first, as Adam does.
+    ``centered=True`` (a jtricks keyword) is :func:`scale_by_stddev`.
 
     Args:
         decay: the running mean's decay rate, in [0, 1); a float, an array or a
             schedule (update ``k`` uses ``decay(k)``).
         eps: added inside the square root, >= 0; a float, an array or a schedule.
-        centered: divide by the running standard deviation instead of the root mean
-            square (static).
         initial_scale: the starting value of ``nu`` (0 as in optax and PyTorch; TF1
             used 1); a number or an array, read once by ``init``.
         eps_in_sqrt: add ``eps`` inside the square root (static).
-        bias_correction: debias the running means by ``1 - decay**t`` (static).
+        bias_correction: debias the running mean by ``1 - decay**t`` (static).
+        centered: divide by the running standard deviation instead (static).
 
     Example:
         >>> tx = jt.chain(jt.scale_by_rms(decay=0.9), jt.scale_by_learning_rate(1e-3))
     """
-    hp.check_decay("scale_by_rms", "decay", decay)
-    hp.check_eps("scale_by_rms", "eps", eps)
-    hp.check_initial("scale_by_rms", "initial_scale", initial_scale)
-    return ScaleByRms(decay=hp.as_hyper(decay), eps=hp.as_hyper(eps),
-                      initial_scale=initial_scale, centered=bool(centered),
-                      eps_in_sqrt=bool(eps_in_sqrt), bias_correction=bool(bias_correction))
+    where = "scale_by_stddev" if centered else "scale_by_rms"
+    return _rms(where, decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered)
+
+
+def scale_by_stddev(decay: Any = 0.9, eps: Any = 1e-8, initial_scale: Any = 0.0,
+                    eps_in_sqrt: bool = True, bias_correction: bool = False) -> ScaleByRms:
+    """Divides each coordinate by the running standard deviation of its updates
+    (centered RMSProp, Graves 2013); optax's ``scale_by_stddev``.
+
+    With ``mu <- decay * mu + (1 - decay) * g`` beside ``nu`` (see
+    :func:`scale_by_rms`)::
+
+        u <- g / sqrt(max(nu - |mu|**2, 0) + eps)
+
+    (both debiased first with ``bias_correction=True``). The variance is clamped at
+    0, so rounding can never make it negative (optax does not clamp).
+
+    Args:
+        decay: the running means' decay rate, in [0, 1); a float, array or schedule.
+        eps: added inside the square root, >= 0.
+        initial_scale: the starting value of ``nu``; read once by ``init``.
+        eps_in_sqrt: add ``eps`` inside the square root (static).
+        bias_correction: debias both running means by ``1 - decay**t`` (static).
+
+    Example:
+        >>> tx = jt.chain(jt.scale_by_stddev(0.9), jt.scale_by_learning_rate(1e-3))
+    """
+    return _rms("scale_by_stddev", decay, eps, initial_scale, eps_in_sqrt, bias_correction,
+                True)

@@ -146,9 +146,20 @@ class Flatten(Transform):
         flat_updates, state = self.inner.update(gather(updates), state, flat_params, **extra)
         return ungroup(flat_updates, updates, self.max_size), state
 
+    # The state is the inner transform's own (over the flat vectors).
 
-def flatten(tx: Any, max_size: int | None = DEFAULT_MAX_SIZE) -> Flatten:
-    """Keeps ``tx``'s state for the small arrays as a few flat vectors, one per dtype.
+    def hyperparams_at(self, state):
+        return {"inner": self.inner.hyperparams_at(state)}
+
+    def learning_rate_factors(self, params, state, new_state):
+        # A factor limited to some leaves of the flat vectors cannot be mapped back to
+        # the params' leaves; such factors (a mask inside flatten) are not reported.
+        return [f for f in self.inner.learning_rate_factors(params, state, new_state)
+                if f.coverage is None]
+
+
+def flatten(inner: Any, *, max_size: int | None = DEFAULT_MAX_SIZE) -> Flatten:
+    """Keeps ``inner``'s state for the small arrays as a few flat vectors, one per dtype.
 
     For a model made of thousands of small arrays most of a step's time goes into
     moving arrays in and out of the compiled program and into per-array work. With
@@ -178,7 +189,7 @@ def flatten(tx: Any, max_size: int | None = DEFAULT_MAX_SIZE) -> Flatten:
     instead, so keep those outside the wrapper.
 
     Args:
-        tx: a jtricks transform or an optax ``GradientTransformation``.
+        inner: a jtricks transform or an optax ``GradientTransformation``.
         max_size: leaves with more elements keep their own arrays (static);
             ``None`` gathers every leaf.
 
@@ -195,7 +206,7 @@ def flatten(tx: Any, max_size: int | None = DEFAULT_MAX_SIZE) -> Flatten:
             f"Leaves with more elements keep their own arrays; the default is "
             f"{DEFAULT_MAX_SIZE}."
         )
-    return Flatten(inner=as_transform(tx, where="flatten"), max_size=max_size)
+    return Flatten(inner=as_transform(inner, where="flatten"), max_size=max_size)
 
 
 class FlatParams(Struct):

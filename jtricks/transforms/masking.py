@@ -66,13 +66,19 @@ class Masked(Transform):
 
     inner: Transform
     mask: Any = static_field()
+    mask_compatible_extra_args: bool = static_field(default=False)
+    name: str = static_field(default="masked")  # the function errors are reported as
 
     def init(self, params):
-        mask = jtree.resolve_mask(self.mask, params, where="masked.init")
+        mask = jtree.resolve_mask(self.mask, params, where=f"{self.name}.init")
         return MaskedState(inner_state=self.inner.init(_hide(mask, params)))
 
     def update(self, updates, state, params=None, **extra):
-        mask = jtree.resolve_mask(self.mask, updates, where="masked.update")
+        mask = jtree.resolve_mask(self.mask, updates, where=f"{self.name}.update")
+        if self.mask_compatible_extra_args:
+            structure = jax.tree.structure(updates)
+            extra = {k: _hide(mask, v) if jax.tree.structure(v) == structure else v
+                     for k, v in extra.items()}
         new, inner_state = self.inner.update(_hide(mask, updates), state.inner_state,
                                              _hide(mask, params), **extra)
         return _unhide(mask, new, updates), MaskedState(inner_state=inner_state)
@@ -84,7 +90,7 @@ class Masked(Transform):
         return [_restrict(f, mask) for f in inner]
 
 
-def masked(tx: Any, mask: Any) -> Masked:
+def masked(inner: Any, mask: Any, *, mask_compatible_extra_args: bool = False) -> Masked:
     """Applies ``tx`` only to the leaves where ``mask`` is true; others pass through.
 
     ::
@@ -96,16 +102,20 @@ def masked(tx: Any, mask: Any) -> Masked:
     others are replaced by :class:`MaskedNode` placeholders, as in ``optax.masked``.
 
     Args:
-        tx: the transform to apply (jtricks or optax).
+        inner: the transform to apply (jtricks or optax).
         mask: a tree of Python bools with the params' structure or a prefix of it
             (``{"encoder": False, "head": True}``), or a callable ``params -> such a
-            tree``. It is structural: its values must be known before tracing.
+            tree`` (a callable pytree such as an equinox module is a tree, not a
+            function). It is structural: its values must be known before tracing.
+        mask_compatible_extra_args: also mask every extra keyword argument of
+            ``update`` that is a tree shaped like the updates (static).
 
     Example:
         >>> no_bias = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
         >>> tx = jt.chain(jt.masked(jt.add_decayed_weights(1e-4), no_bias), jt.adam(1e-3))
     """
-    return Masked(inner=as_transform(tx, where="masked"), mask=mask)
+    return Masked(inner=as_transform(inner, where="masked"), mask=mask,
+                  mask_compatible_extra_args=bool(mask_compatible_extra_args))
 
 
 # --- partition ----------------------------------------------------------------------
@@ -121,11 +131,13 @@ class Partition(Transform):
     """Applies ``transforms[label]`` to the leaves labelled ``label``; see :func:`partition`."""
 
     transforms: dict
-    labels: Any = static_field()
+    param_labels: Any = static_field()
+    mask_compatible_extra_args: bool = static_field(default=False)
 
     def _masked(self, where: str, tree: Any) -> dict[Hashable, Masked]:
         """One :class:`Masked` per label, masking that label's leaves."""
-        labels = self.labels(tree) if callable(self.labels) else self.labels
+        labels = self.param_labels
+        labels = labels(tree) if jtree.is_mask_function(labels) else labels
         full = jtree.broadcast_prefix(labels, tree, where=where, what="labels")
         for path, label in jax.tree_util.tree_flatten_with_path(full)[0]:
             if not isinstance(label, Hashable) or label not in self.transforms:
@@ -135,7 +147,9 @@ class Partition(Transform):
                     f"{sorted(map(repr, self.transforms))}. Add a transform for it, "
                     "or fix the labels."
                 )
-        return {k: Masked(inner=tx, mask=jax.tree.map(lambda lab, k=k: lab == k, full))
+        flag = self.mask_compatible_extra_args
+        return {k: Masked(inner=tx, mask=jax.tree.map(lambda lab, k=k: lab == k, full),
+                          mask_compatible_extra_args=flag)
                 for k, tx in self.transforms.items()}
 
     def init(self, params):
@@ -159,18 +173,21 @@ class Partition(Transform):
                                                  new_state.inner_states[k])]
 
 
-def partition(transforms: Mapping[Hashable, Any], labels: Any) -> Partition:
+def partition(transforms: Mapping[Hashable, Any], param_labels: Any, *,
+              mask_compatible_extra_args: bool = False) -> Partition:
     """Applies a different transform to each labelled group of parameters.
 
-    ``labels`` gives each leaf a label; leaf ``i`` gets ``transforms[label_i](u)_i``,
+    ``param_labels`` gives each leaf a label; leaf ``i`` gets ``transforms[label_i](u)_i``,
     each transform seeing (and keeping state for) its own group only
     (``optax.partition``, formerly ``optax.multi_transform``).
 
     Args:
         transforms: ``{label: transform}`` (jtricks or optax transforms).
-        labels: a tree of labels with the params' structure or a prefix of it, or a
-            callable ``params -> such a tree``. Every label must be a key of
+        param_labels: a tree of labels with the params' structure or a prefix of it,
+            or a callable ``params -> such a tree``. Every label must be a key of
             ``transforms``. Structural: known before tracing.
+        mask_compatible_extra_args: mask extra ``update`` arguments shaped like the
+            updates for each group too (static).
 
     Example:
         >>> labels = {"backbone": "frozen", "head": "train"}
@@ -184,5 +201,6 @@ def partition(transforms: Mapping[Hashable, Any], labels: Any) -> Partition:
     return Partition(
         transforms={k: as_transform(t, where=f"partition[{k!r}]")
                     for k, t in transforms.items()},
-        labels=labels,
+        param_labels=param_labels,
+        mask_compatible_extra_args=bool(mask_compatible_extra_args),
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from jtricks import hyperparams as hp
@@ -15,9 +14,8 @@ __all__ = ["TraceState", "Trace", "trace"]
 
 
 class TraceState(NamedTuple):
-    """``count`` int32 updates so far; ``trace`` the velocity, shaped like params."""
+    """``trace``: the velocity, shaped like params (optax's ``TraceState``)."""
 
-    count: jax.Array
     trace: Any
 
 
@@ -30,12 +28,13 @@ class Trace(Transform):
 
     def init(self, params):
         hp.check_float_params("trace", params)
-        return TraceState(count=jnp.zeros([], jnp.int32),
-                          trace=jtree.zeros_like(params, self.accumulator_dtype))
+        state = TraceState(trace=jtree.zeros_like(params, self.accumulator_dtype))
+        return hp.with_count(self, state)  # a count only for a scheduled decay
 
     def update(self, updates, state, params=None, **extra):
         del params, extra
-        decay = hp.value_at(self.decay, state.count)
+        count, inner = hp.split_count(state)
+        decay = hp.value_at(self.decay, count)
         nesterov = self.nesterov
 
         def leaf(g, t):
@@ -44,10 +43,10 @@ class Trace(Transform):
             new = g + decay * t
             return (g + decay * new if nesterov else new), new.astype(t.dtype)
 
-        out = jtree.map_checked(leaf, updates, state.trace,
+        out = jtree.map_checked(leaf, updates, inner.trace,
                                 names=("updates", "state.trace"), where="trace.update")
         u, new_trace = jtree.unzip2(updates, out)
-        return u, TraceState(count=jtree.increment(state.count), trace=new_trace)
+        return u, hp.next_count(state, TraceState(trace=new_trace))
 
 
 def trace(decay: Any, nesterov: bool = False, accumulator_dtype: Any = None) -> Trace:
@@ -63,8 +62,9 @@ def trace(decay: Any, nesterov: bool = False, accumulator_dtype: Any = None) -> 
     momentum ``v <- decay * v - lr * g; w <- w + v`` with ``v = -lr * t``.
 
     Args:
-        decay: the momentum coefficient, in [0, 1); a float, an array or a schedule
-            (update ``k`` uses ``decay(k)``).
+        decay: the momentum coefficient, in [0, 1] (1 sums every past update); a
+            float, an array or a schedule (update ``k`` uses ``decay(k)``; the state
+            then also keeps a count, see :class:`jtricks.hyperparams.ScheduleCountState`).
         nesterov: use Nesterov's look-ahead form (static).
         accumulator_dtype: dtype of the stored trace (e.g. ``jnp.float32`` for bf16
             params); ``None`` keeps the params' dtype. Static.
@@ -72,7 +72,9 @@ def trace(decay: Any, nesterov: bool = False, accumulator_dtype: Any = None) -> 
     Example:
         >>> tx = jt.chain(jt.trace(0.9), jt.scale_by_learning_rate(0.1))
     """
-    hp.check_decay("trace", "decay", decay)
+    hp.check_range("trace", "decay", decay, low=0.0, high=1.0,
+                   fix="decay is the momentum coefficient; typical values are 0.9-0.99 "
+                   "(1 keeps an undecayed sum).")
     return Trace(decay=hp.as_hyper(decay), nesterov=bool(nesterov),
                  accumulator_dtype=None if accumulator_dtype is None
                  else jnp.dtype(accumulator_dtype))

@@ -25,8 +25,8 @@ class ReduceOnPlateauState(NamedTuple):
             ``-inf`` in ``"max"`` mode before the first one).
         plateau_count: int32, averaged values since the last improvement.
         cooldown_count: int32, averaged values left before plateaus count again.
-        count: int32, the number of updates so far.
-        accumulated: int32, values summed into ``avg_value`` in the current window.
+        count: int32, values averaged into ``avg_value`` in the current window
+            (optax's meaning: it restarts at 0 with every window).
         avg_value: the running mean of the values in the current window.
     """
 
@@ -35,7 +35,6 @@ class ReduceOnPlateauState(NamedTuple):
     plateau_count: jax.Array
     cooldown_count: jax.Array
     count: jax.Array
-    accumulated: jax.Array
     avg_value: jax.Array
 
 
@@ -44,11 +43,11 @@ class ReduceOnPlateau(Transform):
 
     factor: Any
     patience: Any
-    min_delta: Any
     rtol: Any
+    atol: Any
     cooldown: Any
-    min_scale: Any
     accumulation_size: Any
+    min_scale: Any
     mode: str = static_field(default="min")
 
     def init(self, params):
@@ -60,7 +59,7 @@ class ReduceOnPlateau(Transform):
 
         return ReduceOnPlateauState(
             scale=jnp.ones([], dtype), best_value=jnp.asarray(worst, dtype),
-            plateau_count=zero(), cooldown_count=zero(), count=zero(), accumulated=zero(),
+            plateau_count=zero(), cooldown_count=zero(), count=zero(),
             avg_value=jnp.zeros([], dtype),
         )
 
@@ -81,13 +80,13 @@ class ReduceOnPlateau(Transform):
             )
         dtype = state.avg_value.dtype
         # Running mean of the values in the current window.
-        n = state.accumulated
+        n = state.count
         n_new = jtree.increment(n)
         avg = (n * state.avg_value + jnp.asarray(value).astype(dtype)) / n_new
         ready = n_new >= self.accumulation_size
 
         improved = pt.improves(avg, state.best_value, self.mode, rtol=self.rtol,
-                               atol=self.min_delta)
+                               atol=self.atol)
         best_value = jnp.where(improved, avg, state.best_value)
         plateau, exhausted = pt.wait(improved, state.plateau_count, self.patience)
         cooling = state.cooldown_count > 0
@@ -106,8 +105,7 @@ class ReduceOnPlateau(Transform):
             best_value=pick(best_value, state.best_value),
             plateau_count=pick(plateau, state.plateau_count),
             cooldown_count=pick(cooldown, state.cooldown_count),
-            count=jtree.increment(state.count),
-            accumulated=jnp.where(ready, 0, n_new).astype(jnp.int32),
+            count=jnp.where(ready, 0, n_new).astype(jnp.int32),
             avg_value=jnp.where(ready, 0, avg).astype(dtype),
         )
         s = new_state.scale
@@ -119,10 +117,10 @@ class ReduceOnPlateau(Transform):
         return [LrFactor("scale", new_state.scale)]  # the scale this update applied
 
 
-def reduce_on_plateau(factor: ArrayLike = 0.1, patience: ArrayLike = 10, mode: str = "min",
-                      min_delta: ArrayLike = 0.0, rtol: ArrayLike = 1e-4,
-                      cooldown: ArrayLike = 0, min_scale: ArrayLike = 0.0,
-                      accumulation_size: ArrayLike = 1) -> ReduceOnPlateau:
+def reduce_on_plateau(factor: ArrayLike = 0.1, patience: ArrayLike = 10,
+                      rtol: ArrayLike = 1e-4, atol: ArrayLike = 0.0, cooldown: ArrayLike = 0,
+                      accumulation_size: ArrayLike = 1, min_scale: ArrayLike = 0.0, *,
+                      mode: str = "min") -> ReduceOnPlateau:
     """Multiplies updates by a scale that drops by ``factor`` when a value plateaus.
 
     Feed the monitored value (a loss to minimise, or with ``mode="max"`` a metric to
@@ -130,7 +128,7 @@ def reduce_on_plateau(factor: ArrayLike = 0.1, patience: ArrayLike = 10, mode: s
     Values are averaged over windows of ``accumulation_size`` updates; at the end of
     each window, with ``a`` the window's mean and ``best`` the best mean so far::
 
-        improved = a < best - rtol * |best| - min_delta     ("min"; mirrored for "max")
+        improved = a < best - rtol * |best| - atol           ("min"; mirrored for "max")
         best     = a if improved
         plateau  = 0 if improved else plateau + 1
         if cooldown_count > 0:       cooldown_count -= 1; plateau = 0
@@ -141,23 +139,23 @@ def reduce_on_plateau(factor: ArrayLike = 0.1, patience: ArrayLike = 10, mode: s
     update that ends a window). Put it after the optimizer in a chain, e.g.
     ``jt.chain(jt.adam(1e-3), jt.reduce_on_plateau(patience=5))``.
 
-    For a non-negative monitored value this equals ``optax.contrib.reduce_on_plateau``
-    with ``atol = min_delta`` and the same ``factor``, ``patience``, ``rtol``,
-    ``cooldown``, ``accumulation_size`` and ``min_scale`` (the default ``rtol=1e-4``
-    is optax's). For a negative value optax's ``(1 - rtol) * best`` would count a
-    slightly worse value as an improvement; jtricks uses ``|best|`` instead.
+    ``optax.contrib.reduce_on_plateau``'s signature, state and numbers for a
+    non-negative monitored value; ``mode`` is a jtricks keyword. For a negative
+    value optax's ``(1 - rtol) * best`` would count a slightly worse value as an
+    improvement; jtricks uses ``|best|`` instead. The improvement rule is
+    :mod:`jtricks.patience`'s, shared with early stopping.
 
     Args:
         factor: multiplies the scale at each reduction, in (0, 1).
         patience: windows without improvement before a reduction, an integer >= 1.
-        mode: ``"min"`` (a loss) or ``"max"`` (an accuracy).
-        min_delta: the absolute improvement that counts, >= 0.
         rtol: the relative improvement that counts, in [0, 1].
+        atol: the absolute improvement that counts, >= 0.
         cooldown: windows to wait after a reduction before counting plateaus again,
             an integer >= 0.
-        min_scale: the scale never goes below this, in [0, 1].
         accumulation_size: updates whose values are averaged into one window, an
             integer >= 1 (use more than 1 when feeding noisy mini-batch losses).
+        min_scale: the scale never goes below this, in [0, 1].
+        mode: ``"min"`` (a loss) or ``"max"`` (an accuracy); static.
 
     Example:
         >>> tx = jt.chain(jt.adam(1e-3), jt.reduce_on_plateau(patience=5))
@@ -171,16 +169,16 @@ def reduce_on_plateau(factor: ArrayLike = 0.1, patience: ArrayLike = 10, mode: s
     hp.check_integer(where, "patience", patience, low=1,
                      fix="It is the number of windows without improvement before a "
                      "reduction.")
+    hp.check_range(where, "rtol", rtol, low=0.0, high=1.0,
+                   fix="It is the relative improvement that counts, e.g. 1e-4.")
+    hp.check_nonnegative(where, "atol", atol,
+                         fix="It is the absolute improvement that counts, e.g. 1e-3.")
     hp.check_integer(where, "cooldown", cooldown)
     hp.check_integer(where, "accumulation_size", accumulation_size, low=1,
                      fix="Use 1 to act on every value, or the number of steps per "
                      "evaluation.")
-    hp.check_range(where, "min_delta", min_delta, low=0.0,
-                   fix="It is the absolute improvement that counts (optax's atol).")
-    hp.check_range(where, "rtol", rtol, low=0.0, high=1.0,
-                   fix="It is the relative improvement that counts, e.g. 1e-4.")
     hp.check_range(where, "min_scale", min_scale, low=0.0, high=1.0,
                    fix="It is the smallest scale reductions may reach, e.g. 1e-3.")
-    return ReduceOnPlateau(factor=factor, patience=patience, min_delta=min_delta,
-                           rtol=rtol, cooldown=cooldown, min_scale=min_scale,
-                           accumulation_size=accumulation_size, mode=mode)
+    return ReduceOnPlateau(factor=factor, patience=patience, rtol=rtol, atol=atol,
+                           cooldown=cooldown, accumulation_size=accumulation_size,
+                           min_scale=min_scale, mode=mode)

@@ -125,20 +125,22 @@ def skip_nonfinite(tx: Any, max_consecutive: ArrayLike | None = None) -> SkipNon
 
 
 class AccumulateState(NamedTuple):
-    """State of :func:`accumulate`.
+    """State of :func:`accumulate`, field for field ``optax.MultiStepsState``.
 
     Attributes:
         mini_step: int32, gradients averaged into ``acc_grads`` so far (< every_k).
         gradient_step: int32, updates of the inner transform so far.
+        inner_opt_state: the inner transform's state.
         acc_grads: the running mean of the current window's gradients (at least
-            fp32).
-        inner_state: the inner transform's state.
+            fp32, as optax's default ``accumulator_dtype``).
+        skip_state: ``()`` (optax's slot for a skip rule's state).
     """
 
     mini_step: jax.Array
     gradient_step: jax.Array
+    inner_opt_state: Any
     acc_grads: Any
-    inner_state: Any
+    skip_state: Any = ()
 
 
 class Accumulate(Transform):
@@ -150,8 +152,8 @@ class Accumulate(Transform):
     def init(self, params):
         acc = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jtree.acc_dtype(p)), params)
         return AccumulateState(mini_step=jnp.zeros([], jnp.int32),
-                               gradient_step=jnp.zeros([], jnp.int32), acc_grads=acc,
-                               inner_state=self.inner.init(params))
+                               gradient_step=jnp.zeros([], jnp.int32),
+                               inner_opt_state=self.inner.init(params), acc_grads=acc)
 
     def update(self, updates, state, params=None, **extra):
         n = state.mini_step
@@ -159,7 +161,7 @@ class Accumulate(Transform):
             lambda g, a: (a + (g - a) / (n + 1)).astype(a.dtype), updates, state.acc_grads,
             names=("updates", "state.acc_grads"), where="accumulate.update")
         mean = jax.tree.map(lambda a, g: a.astype(jnp.result_type(g)), acc, updates)
-        new, inner_state = self.inner.update(mean, state.inner_state, params, **extra)
+        new, inner_state = self.inner.update(mean, state.inner_opt_state, params, **extra)
         emit = n + 1 >= self.every_k
         # The inner update runs every call and is kept only on the k-th (no lax.cond,
         # so the step stays one fused program).
@@ -169,13 +171,22 @@ class Accumulate(Transform):
                 mini_step=jnp.where(emit, 0, n + 1).astype(jnp.int32),
                 gradient_step=jnp.where(emit, jtree.increment(state.gradient_step),
                                         state.gradient_step),
-                acc_grads=jax.tree.map(lambda a: jnp.where(emit, jnp.zeros_like(a), a), acc),
-                inner_state=jax.tree.map(
+                inner_opt_state=jax.tree.map(
                     lambda new_s, old_s: jnp.where(emit, new_s, old_s).astype(
                         jnp.result_type(old_s)),
-                    inner_state, state.inner_state),
+                    inner_state, state.inner_opt_state),
+                acc_grads=jax.tree.map(lambda a: jnp.where(emit, jnp.zeros_like(a), a), acc),
+                skip_state=state.skip_state,
             ),
         )
+
+    def hyperparams_at(self, state):
+        return {"inner": self.inner.hyperparams_at(state.inner_opt_state),
+                "every_k": self.every_k}
+
+    def learning_rate_factors(self, params, state, new_state):
+        return self.inner.learning_rate_factors(params, state.inner_opt_state,
+                                                new_state.inner_opt_state)
 
 
 def accumulate(tx: Any, every_k: ArrayLike) -> Accumulate:
