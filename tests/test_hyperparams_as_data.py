@@ -137,8 +137,10 @@ def test_python_float_hyperparameters_keep_bf16_through_jit(params_bf16):
     out, state = run(txs, params_bf16, noise)
     for name in txs:
         assert {x.dtype for x in jax.tree.leaves(out[name])} == {jnp.dtype(jnp.bfloat16)}
-        assert {x.dtype for x in jax.tree.leaves(state[name])} == {jnp.dtype(jnp.bfloat16),
-                                                                    jnp.dtype(jnp.int32)}
+        # bf16 moments, and int32 counts only where optax's state has one.
+        dtypes = {x.dtype for x in jax.tree.leaves(state[name])}
+        assert jnp.dtype(jnp.bfloat16) in dtypes
+        assert dtypes <= {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.int32)}
 
 
 def test_fp32_array_hyperparameters_keep_bf16_state_through_scan(params_bf16):
@@ -155,8 +157,10 @@ def test_fp32_array_hyperparameters_keep_bf16_state_through_scan(params_bf16):
     out, state = run(txs, params_bf16, noise)
     for name in txs:
         assert {x.dtype for x in jax.tree.leaves(out[name])} == {jnp.dtype(jnp.bfloat16)}
-        assert {x.dtype for x in jax.tree.leaves(state[name])} == {jnp.dtype(jnp.bfloat16),
-                                                                    jnp.dtype(jnp.int32)}
+        # bf16 moments, and int32 counts only where optax's state has one.
+        dtypes = {x.dtype for x in jax.tree.leaves(state[name])}
+        assert jnp.dtype(jnp.bfloat16) in dtypes
+        assert dtypes <= {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.int32)}
 
 
 # Each scheduled hyperparameter: update k must use its value at k (0-based), i.e. equal
