@@ -137,6 +137,13 @@ class Transform(Struct):
         yield self.init
         yield self.update
 
+    def __getitem__(self, index: int) -> Callable:
+        # ... and code written for optax's NamedTuple indexes it: tx[0], tx[1].
+        return (self.init, self.update)[index]
+
+    def __len__(self) -> int:
+        return 2
+
     # --- hyperparameters that report themselves -------------------------------------
     # Composite transforms (chain, masked, partition, wrappers) override these to
     # recurse into their members; the defaults cover a transform with numeric fields
@@ -302,8 +309,8 @@ class Chain(Transform):
                 for f in t.learning_rate_factors(params, s, n)]
 
 
-def chain(*transforms: Any) -> Chain:
-    """Applies ``transforms`` one after the other: ``u -> t_n(...t_2(t_1(u)))``.
+def chain(*args: Any) -> Chain:
+    """Applies the transforms ``args`` one after the other: ``u -> t_n(...t_2(t_1(u)))``.
 
     Accepts jtricks transforms and optax ``GradientTransformation`` objects alike.
 
@@ -311,11 +318,9 @@ def chain(*transforms: Any) -> Chain:
         >>> import jtricks as jt
         >>> tx = jt.chain(jt.clip_by_global_norm(1.0), jt.adam(1e-3))
     """
-    if len(transforms) == 1 and isinstance(transforms[0], (list, tuple)) and not hasattr(
-        transforms[0], "init"
-    ):
-        transforms = tuple(transforms[0])
-    return Chain(transforms=tuple(as_transform(t, where="chain") for t in transforms))
+    if len(args) == 1 and isinstance(args[0], (list, tuple)) and not hasattr(args[0], "init"):
+        args = tuple(args[0])
+    return Chain(transforms=tuple(as_transform(t, where="chain") for t in args))
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:
@@ -323,14 +328,19 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 
     The sum is taken in the promoted dtype and cast back to each parameter's dtype
     (so bf16 params stay bf16 even when updates are fp32). ``None`` leaves in
-    ``params`` pass through. Shapes must match exactly: a broadcastable mismatch
-    is a bug (a bias update of shape (n, 1) would silently become a matrix) and is
-    refused with the path of the offending leaf.
+    ``params`` pass through, and so does a non-array leaf whose update is ``None``
+    (an equinox model's activation function or Python constant, as
+    ``eqx.apply_updates`` treats them); an array with a ``None`` update is an error.
+    Shapes must match exactly: a broadcastable mismatch is a bug (a bias update of
+    shape (n, 1) would silently become a matrix) and is refused with the path of the
+    offending leaf.
     """
 
     def add(path, p, u):
         if p is None:
             return None
+        if u is None and not isinstance(p, (jax.Array, np.ndarray)):
+            return p  # a non-array leaf (an equinox activation, a Python constant)
         if u is None:
             raise ValueError(
                 f"apply_updates: update at {jtree.keystr(path)} is None but the "

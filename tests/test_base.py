@@ -181,3 +181,22 @@ def test_count_equals_the_number_of_updates(params, grads):
     for _ in range(3):
         _, state = tx.update(grads, state, params)
     assert int(state[0].count) == 3 and int(state[1].count) == 3 and int(state[2].count) == 3
+
+
+def test_transforms_index_like_optaxs_namedtuple(params, grads):
+    tx = jt.adam(1e-3)
+    init, update = tx[0], tx[1]
+    assert len(tx) == 2
+    a, _ = update(grads, init(params), params)
+    b, _ = tx.update(grads, tx.init(params), params)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_apply_updates_leaves_non_array_leaves_with_none_updates_alone():
+    # An equinox model carries functions and Python constants among its leaves.
+    params = {"w": jnp.ones(2), "act": jax.nn.relu, "scale": 3.0}
+    out = jt.apply_updates(params, {"w": jnp.ones(2), "act": None, "scale": None})
+    assert out["act"] is jax.nn.relu and out["scale"] == 3.0
+    np.testing.assert_array_equal(out["w"], 2.0)
+    with pytest.raises(ValueError, match=r"update at \['w'\] is None"):
+        jt.apply_updates(params, {"w": None, "act": None, "scale": None})

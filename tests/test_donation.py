@@ -37,7 +37,7 @@ TRANSFORMS = {
     "partition": lambda: jt.partition({"kernel": jt.adam(1e-3), "other": jt.sgd(0.1)},
                                       _labels),
     "plateau": lambda: jt.chain(jt.adam(1e-3), jt.reduce_on_plateau(patience=1)),
-    "monitor": lambda: jt.monitor(jt.adam(1e-3)),
+    "monitor": lambda: jt.record_norms(jt.adam(1e-3)),
     "flatten": lambda: jt.flatten(jt.adam(1e-3)),
 }
 

@@ -111,13 +111,13 @@ def test_current_gives_every_hyperparameter_by_path_at_the_states_step():
 
 @pytest.mark.parametrize("entry, verdict", [(1e20, "exploding"), (jnp.inf, "nonfinite"),
                                             (jnp.nan, "nonfinite")])
-def test_report_and_report_from_monitor_agree_on_huge_and_nonfinite_gradients(entry,
+def test_report_and_report_from_norms_agree_on_huge_and_nonfinite_gradients(entry,
                                                                               verdict):
     grads = {"w": jnp.full((4,), entry, jnp.float32), "b": jnp.ones(2)}
     direct = jt.diagnostics.report(grads)
-    tx = jt.monitor(jt.sgd(0.1))
+    tx = jt.record_norms(jt.sgd(0.1))
     _, state = jax.jit(tx.update)(grads, tx.init(grads), grads)
-    monitored = jt.diagnostics.report_from_monitor(state)
+    monitored = jt.diagnostics.report_from_norms(state)
     for rep in (direct, monitored):
         kinds = {f.kind for f in rep.flags if f.name == "w"}
         assert kinds == {verdict}, rep
@@ -139,3 +139,34 @@ def test_overflow_safe_norms_equal_plain_norms_when_nothing_overflows():
     assert np.isinf(jt.tree.global_norm(huge))
     np.testing.assert_allclose(jt.tree.global_norm(huge, overflow_safe=True),
                                np.sqrt(3 * 9e38 + 4 * 16e38), rtol=1e-6)
+
+
+def test_set_replaces_by_name_and_by_path_and_matches_a_fresh_build():
+    sched = jt.schedules.linear(0.1, 0.0, 10)
+    tx = jt.chain(jt.clip_by_global_norm(1.0), jt.adamw(1e-3, weight_decay=0.01))
+    slower = jt.hyperparams.set(tx, learning_rate=3e-4)
+    fresh = jt.chain(jt.clip_by_global_norm(1.0), jt.adamw(3e-4, weight_decay=0.01))
+    assert slower == fresh
+    tighter = jt.hyperparams.set(tx, {"0/max_norm": 0.5, "1/0/b1": 0.8})
+    assert tighter == jt.chain(jt.clip_by_global_norm(0.5),
+                               jt.adamw(1e-3, b1=0.8, weight_decay=0.01))
+    # Every rate of a partition at once; a schedule where a constant was.
+    part = jt.partition({"slow": jt.adam(1e-4), "fast": jt.sgd(0.1)}, GROUPS)
+    both = jt.hyperparams.set(part, learning_rate=sched)
+    got = jt.hyperparams.current(both, both.init(PARAMS))
+    assert got["slow/1/learning_rate"] == got["fast/1/learning_rate"] == pytest.approx(0.1)
+    # No recompilation for a new value: set inside a jitted, vmapped sweep.
+    grads = jax.tree.map(jnp.ones_like, PARAMS)
+
+    def first_update(lr):
+        t = jt.hyperparams.set(jt.adam(1.0), learning_rate=lr)
+        return t.update(grads, t.init(PARAMS), PARAMS)[0]["head"]["w"]
+
+    swept = jax.jit(jax.vmap(first_update))(jnp.asarray([1e-3, 1e-2]))
+    np.testing.assert_allclose(swept[:, 0, 0], [-1e-3, -1e-2], rtol=1e-4)
+    with pytest.raises(ValueError, match=r"no hyperparameter named or at \['b3'\]"):
+        jt.hyperparams.set(tx, b3=0.5)
+    with pytest.raises(ValueError, match=r"\['9/eps'\]"):
+        jt.hyperparams.set(tx, {"9/eps": 0.5})
+    with pytest.raises(ValueError, match=r"hyperparams.set: learning_rate must be finite"):
+        jt.hyperparams.set(tx, learning_rate=float("nan"))

@@ -8,7 +8,7 @@ is off. The functions here measure that on any pytree (plain JAX dicts, flax lin
 
 * :func:`leaf_norms`, :func:`layer_norms`, :func:`update_ratios`,
   :func:`activation_stats` are jittable and return dicts of arrays.
-* :func:`report` (and :func:`report_from_monitor`, fed by ``jt.monitor``) gathers
+* :func:`report` (and :func:`report_from_norms`, fed by ``jt.record_norms``) gathers
   them on the host into a :class:`Report`: plain dicts of floats, a tuple of
   :class:`Flag` s and a readable table (``print(report)``).
 
@@ -40,9 +40,9 @@ from jtricks.diagnostics.report import (
     Flag,
     Report,
     Thresholds,
-    find_monitor,
+    find_norms,
     report,
-    report_from_monitor,
+    report_from_norms,
 )
 from jtricks.diagnostics.stats import activation_stats, layer_norms, leaf_norms, update_ratios
 from jtricks.tree import path_name
@@ -57,6 +57,6 @@ __all__ = [
     "Flag",
     "Report",
     "report",
-    "report_from_monitor",
-    "find_monitor",
+    "report_from_norms",
+    "find_norms",
 ]

@@ -17,9 +17,9 @@ from jtricks.diagnostics.stats import (
     natural_key,
     update_ratios,
 )
-from jtricks.transforms.monitor import MonitorState
+from jtricks.transforms.norms import NormsState
 
-__all__ = ["Thresholds", "Flag", "Report", "report", "report_from_monitor", "find_monitor"]
+__all__ = ["Thresholds", "Flag", "Report", "report", "report_from_norms", "find_norms"]
 
 PyTree = Any
 
@@ -265,39 +265,39 @@ def report(grads: PyTree = None, *, params: PyTree = None, updates: PyTree = Non
                   stats.get("acts", {}), thresholds)
 
 
-def find_monitor(opt_state: PyTree) -> MonitorState | None:
-    """The first :class:`jtricks.transforms.monitor.MonitorState` inside ``opt_state``
+def find_norms(opt_state: PyTree) -> NormsState | None:
+    """The first :class:`jtricks.transforms.norms.NormsState` inside ``opt_state``
     (e.g. within a chain's tuple of states), or ``None``."""
-    if isinstance(opt_state, MonitorState):
+    if isinstance(opt_state, NormsState):
         return opt_state
-    for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, MonitorState)):
-        if isinstance(leaf, MonitorState):
+    for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, NormsState)):
+        if isinstance(leaf, NormsState):
             return leaf
     return None
 
 
-def report_from_monitor(opt_state: PyTree, params: PyTree = None, *,
+def report_from_norms(opt_state: PyTree, params: PyTree = None, *,
                         activations: PyTree = None,
                         thresholds: Thresholds | None = None) -> Report:
-    """A :class:`Report` from the norms ``jt.monitor(tx)`` recorded at the last step.
+    """A :class:`Report` from the norms ``jt.record_norms(tx)`` recorded at the last step.
 
     Args:
-        opt_state: the optimizer state containing a ``MonitorState`` (at any depth).
+        opt_state: the optimizer state containing a ``NormsState`` (at any depth).
         params: the current parameters, for their norms and the update ratios
             (approximate: ``||u||/||p||`` with ``p`` after the update).
         activations: optional activations, as in :func:`report`.
         thresholds: the flag rules; default :class:`Thresholds`.
 
     Example:
-        >>> tx = jt.monitor(jt.adam(1e-3))
+        >>> tx = jt.record_norms(jt.adam(1e-3))
         >>> ...  # train
-        >>> print(jt.diagnostics.report_from_monitor(opt_state, params))
+        >>> print(jt.diagnostics.report_from_norms(opt_state, params))
     """
-    state = find_monitor(opt_state)
+    state = find_norms(opt_state)
     if state is None:
         raise ValueError(
-            "report_from_monitor: no MonitorState found in opt_state. Wrap the optimizer "
-            "with jt.monitor(tx) and pass the state it returns."
+            "report_from_norms: no NormsState found in opt_state. Wrap the optimizer "
+            "with jt.record_norms(tx) and pass the state it returns."
         )
     norms = _host({"g": dict(named_leaves(state.grad_norms)),
                    "u": dict(named_leaves(state.update_norms)),
@@ -308,7 +308,7 @@ def report_from_monitor(opt_state: PyTree, params: PyTree = None, *,
         param_norms = _host(_all_stats(None, params, None, None)["params"])
         if param_norms.keys() != norms["u"].keys():
             raise ValueError(
-                "report_from_monitor: params do not have the leaves the monitor recorded "
+                "report_from_norms: params do not have the leaves record_norms recorded "
                 f"(e.g. {sorted(set(param_norms) ^ set(norms['u']))[:3]}). Pass the params "
                 "this optimizer state belongs to."
             )

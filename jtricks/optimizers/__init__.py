@@ -3,7 +3,39 @@
 Everything public is re-exported flat from :mod:`jtricks`; import from there.
 """
 
+from jtricks.optimizers.adam_variants import (
+    adabelief,
+    adamax,
+    adamaxw,
+    amsgrad,
+    nadam,
+    nadamw,
+    radam,
+    yogi,
+)
 from jtricks.optimizers.adaptive import adagrad, adam, adamw, rmsprop
+from jtricks.optimizers.classic import (
+    adadelta,
+    adan,
+    noisy_sgd,
+    novograd,
+    optimistic_adam,
+    optimistic_adam_v2,
+    optimistic_gradient_descent,
+    polyak_sgd,
+    rprop,
+    sm3,
+)
+from jtricks.optimizers.factored import adafactor
+from jtricks.optimizers.muon import muon
 from jtricks.optimizers.sgd import normalized_sgd, sgd
+from jtricks.optimizers.sign import lion, sign_sgd, signum
+from jtricks.optimizers.trust_ratio import fromage, lamb, lars
 
-__all__ = ["sgd", "normalized_sgd", "adagrad", "rmsprop", "adam", "adamw"]
+__all__ = [
+    "sgd", "normalized_sgd", "adagrad", "rmsprop", "adam", "adamw",
+    "amsgrad", "adamax", "adamaxw", "adabelief", "yogi", "radam", "nadam", "nadamw",
+    "lion", "sign_sgd", "signum", "adafactor", "muon", "lamb", "lars", "fromage",
+    "novograd", "adadelta", "rprop", "sm3", "polyak_sgd", "optimistic_gradient_descent",
+    "optimistic_adam", "optimistic_adam_v2", "adan", "noisy_sgd",
+]

@@ -48,7 +48,6 @@ from jtricks.schedules.decay import (
     linear,
     polynomial,
 )
-from jtricks.schedules.sequence import Join, join
 from jtricks.schedules.piecewise import (
     CosineOnecycle,
     LinearOnecycle,
@@ -60,6 +59,7 @@ from jtricks.schedules.piecewise import (
     piecewise_constant,
     piecewise_interpolate,
 )
+from jtricks.schedules.sequence import Join, join
 from jtricks.schedules.warmup import (
     WarmupConstant,
     WarmupExponentialDecay,

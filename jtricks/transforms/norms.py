@@ -1,9 +1,9 @@
 """A wrapper that records gradient and update norms in the optimizer state.
 
-``jt.monitor(tx)`` behaves exactly like ``tx`` (same updates, bit for bit) and also
+``jt.record_norms(tx)`` behaves exactly like ``tx`` (same updates, bit for bit) and also
 keeps, in its state, the norms of the gradients it received and of the updates it
 emitted at the last step. Reading them costs one reduction per leaf inside the
-jitted step and no host round-trip; ``jt.diagnostics.report_from_monitor`` turns
+jitted step and no host round-trip; ``jt.diagnostics.report_from_norms`` turns
 them into a vanishing/exploding report.
 """
 
@@ -17,10 +17,10 @@ import jax.numpy as jnp
 from jtricks import tree as jtree
 from jtricks.base import Transform, as_transform
 
-__all__ = ["MonitorState", "Monitor", "monitor"]
+__all__ = ["NormsState", "RecordNorms", "record_norms"]
 
 
-class MonitorState(NamedTuple):
+class NormsState(NamedTuple):
     """The wrapped transform's state plus the last step's norms (all fp32 scalars).
 
     Attributes:
@@ -44,8 +44,8 @@ def _f32(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.astype(jnp.float32), tree)
 
 
-class Monitor(Transform):
-    """Runs ``inner`` and records norms; see :func:`monitor`."""
+class RecordNorms(Transform):
+    """Runs ``inner`` and records norms; see :func:`record_norms`."""
 
     inner: Transform
 
@@ -54,7 +54,7 @@ class Monitor(Transform):
         def zeros():
             return jax.tree.map(lambda _: jnp.zeros((), jnp.float32), params)
 
-        return MonitorState(
+        return NormsState(
             inner_state=self.inner.init(params),
             grad_norm=jnp.zeros((), jnp.float32),
             grad_norms=zeros(),
@@ -63,20 +63,20 @@ class Monitor(Transform):
         )
 
     def update(self, updates, state, params=None, **extra):
-        if not isinstance(state, MonitorState):
+        if not isinstance(state, NormsState):
             raise ValueError(
-                f"monitor.update: state must be the MonitorState returned by this "
-                f"monitor's init(params), got {type(state).__name__}."
+                f"record_norms.update: state must be the NormsState returned by this "
+                f"wrapper's init(params), got {type(state).__name__}."
             )
         grad_norm, grad_norms = _f32(jtree.norms(updates))
         new, inner_state = self.inner.update(updates, state.inner_state, params, **extra)
         update_norm, update_norms = _f32(jtree.norms(new))
-        return new, MonitorState(inner_state=inner_state, grad_norm=grad_norm,
+        return new, NormsState(inner_state=inner_state, grad_norm=grad_norm,
                                  grad_norms=grad_norms, update_norm=update_norm,
                                  update_norms=update_norms)
 
 
-def monitor(tx: Any) -> Monitor:
+def record_norms(tx: Any) -> RecordNorms:
     """Wraps ``tx`` so its state records gradient and update norms; updates unchanged.
 
     After each ``update`` the state holds, as fp32 scalars::
@@ -98,9 +98,9 @@ def monitor(tx: Any) -> Monitor:
         tx: the transform to monitor (jtricks or optax).
 
     Example:
-        >>> tx = jt.monitor(jt.adam(1e-3))
+        >>> tx = jt.record_norms(jt.adam(1e-3))
         >>> updates, state = tx.update(grads, tx.init(params), params)
         >>> float(state.grad_norm)
-        >>> print(jt.diagnostics.report_from_monitor(state, params))
+        >>> print(jt.diagnostics.report_from_norms(state, params))
     """
-    return Monitor(inner=as_transform(tx, where="monitor"))
+    return RecordNorms(inner=as_transform(tx, where="record_norms"))

@@ -1,4 +1,4 @@
-"""jt.monitor: updates unchanged, norms recorded, jittable, one compilation, interop."""
+"""jt.record_norms: updates unchanged, norms recorded, jittable, one compilation, interop."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def norms(tree):
                          ids=["adam", "optax_sgd", "chain"])
 def test_updates_unchanged_and_norms_recorded(inner):
     params = make_params(0)
-    tx, ref = jt.monitor(inner()), inner()
+    tx, ref = jt.record_norms(inner()), inner()
     state, ref_state = tx.init(params), ref.init(params)
     assert float(state.grad_norm) == 0.0
     step = jax.jit(lambda p, s, g: tx.update(g, s, p))
@@ -68,7 +68,7 @@ def test_one_compilation_for_new_hyperparameters_and_bf16_norms():
 
     g = jax.tree.map(jnp.ones_like, params)
     for lr in (1e-3, 3e-4):
-        tx = jt.monitor(jt.adam(lr))
+        tx = jt.record_norms(jt.adam(lr))
         _, state = step(tx, tx.init(params), g)
     assert len(traces) == 1
     assert all(n.dtype == jnp.float32 for n in jax.tree.leaves(state.grad_norms))
@@ -79,13 +79,13 @@ def test_one_compilation_for_new_hyperparameters_and_bf16_norms():
 def test_inside_optax_chain_and_found_by_diagnostics():
     params = make_params(2)
     g = grad_fn(params)
-    tx = optax.chain(optax.clip_by_global_norm(1e9), jt.monitor(jt.sgd(0.1)))
+    tx = optax.chain(optax.clip_by_global_norm(1e9), jt.record_norms(jt.sgd(0.1)))
     state = tx.init(params)
     u, state = tx.update(g, state, params)
-    found = jt.diagnostics.find_monitor(state)
-    assert isinstance(found, jt.MonitorState)
+    found = jt.diagnostics.find_norms(state)
+    assert isinstance(found, jt.NormsState)
     np.testing.assert_allclose(found.grad_norm, optax.tree.norm(g), rtol=1e-6)
-    rep = jt.diagnostics.report_from_monitor(state, params)
+    rep = jt.diagnostics.report_from_norms(state, params)
     np.testing.assert_allclose(rep.global_grad_norm, float(optax.tree.norm(g)), rtol=1e-6)
     assert set(rep.grad_norms) == set(jt.diagnostics.leaf_norms(params))
     np.testing.assert_allclose(rep.update_ratios["dense/w"],
@@ -98,7 +98,7 @@ def test_state_can_be_donated():
     # step reads the old state (keeping it on a non-finite step, as a skipping wrapper
     # does), so every field is a live, donated input.
     params = make_params(3)
-    tx = jt.monitor(jt.sgd(0.1, momentum=0.9))
+    tx = jt.record_norms(jt.sgd(0.1, momentum=0.9))
 
     def step(p, s, g):
         u, new = tx.update(g, s, p)
@@ -114,11 +114,11 @@ def test_state_can_be_donated():
 
 
 def test_bad_state():
-    tx = jt.monitor(jt.sgd(0.1))
+    tx = jt.record_norms(jt.sgd(0.1))
     params = {"w": jnp.ones(3)}
-    with pytest.raises(ValueError, match=r"monitor.update: state must be the MonitorState"):
+    with pytest.raises(ValueError, match=r"record_norms.update: state must be the NormsState"):
         tx.update(params, jt.sgd(0.1).init(params), params)
-    with pytest.raises(TypeError, match=r"monitor: expected a gradient transformation"):
-        jt.monitor(0.1)
-    with pytest.raises(ValueError, match=r"no MonitorState found"):
-        jt.diagnostics.report_from_monitor(jt.sgd(0.1).init(params))
+    with pytest.raises(TypeError, match=r"record_norms: expected a gradient transformation"):
+        jt.record_norms(0.1)
+    with pytest.raises(ValueError, match=r"no NormsState found"):
+        jt.diagnostics.report_from_norms(jt.sgd(0.1).init(params))

@@ -1,0 +1,319 @@
+"""The Adam variants against optax 0.2.8: signatures, states, numbers, JAX transforms.
+
+Every row of ``cases_adam_variants.ROWS`` runs 100 steps in both libraries inside ONE
+compiled program per dtype (as test_parity_optax.py does); the helpers below are
+shared with test_catalogue_sign.py. Checked for every function: the signature is
+optax's; the state has optax's ``to_state_dict`` keys, shapes and dtypes (at init and
+after 100 steps), and optax's state restored into jtricks continues with optax's
+numbers; fp32 parity at every step; bf16 stays bf16 and is no worse than optax's;
+one compilation for two learning rates; ``vmap`` over a stacked rate; ``eval_shape``
+of ``init``; a donated step; bad hyperparameters refused with the argument's name.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import chex
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from cases_adam_variants import ROWS, kernels_only
+from conftest import FAST_COMPILE, grad_fn, make_params, noise_sequence, trajectory
+
+from jtricks.base import apply_updates
+from jtricks.optimizers import adam_variants as opt
+from jtricks.transforms import adam_variants as blocks
+
+STEPS = 100
+
+
+# --- the shared driver ------------------------------------------------------------------
+
+def run_rows(rows, dtype_name: str, restore: bool = False):
+    """For every row, in one compiled program: both libraries' trajectories and final
+    states after STEPS updates; with ``restore``, also one more update by each library
+    from optax's final state, jtricks' copy restored out of optax's
+    ``flax.serialization`` state dict (a checkpoint crossing libraries)."""
+    params = make_params(0, jnp.dtype(dtype_name))
+    noise = noise_sequence(params, STEPS + 1)
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def run_all(params, noise):
+        out = {}
+        steps = jax.tree.map(lambda n: n[:STEPS], noise)
+        for name, ours, theirs in rows:
+            a, sa = trajectory(ours(), apply_updates, params, steps)
+            b, sb = trajectory(theirs(), optax.apply_updates, params, steps)
+            out[name] = (a, b, sa, sb)
+            if restore:
+                last = jax.tree.map(lambda x: x[-1], b)
+                g = grad_fn(last, jax.tree.map(lambda n: n[-1], noise))
+                restored = flax.serialization.from_state_dict(
+                    ours().init(params), flax.serialization.to_state_dict(sb))
+                out[name] += (ours().update(g, restored, last), theirs().update(g, sb, last))
+        return out
+
+    return params, noise, run_all(params, noise)
+
+
+def _run_from(tx, apply, params, state, noise):
+    def body(carry, n):
+        p, s = carry
+        u, s = tx.update(grad_fn(p, n), s, p)
+        return (apply(p, u), s), None
+
+    (params, _), _ = jax.lax.scan(body, (params, state), noise)
+    return params
+
+
+def state_layout(state):
+    """``flax.serialization.to_state_dict`` of a state, leaves as (shape, dtype)."""
+    return jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype).name),
+                        flax.serialization.to_state_dict(state))
+
+
+def paths(tree):
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [jax.tree_util.keystr(p) for p, _ in flat], [x for _, x in flat]
+
+
+def check_fp32_parity(name, ours, theirs):
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    for path, a, b in zip(*paths(ours), jax.tree.leaves(theirs)):
+        assert a.dtype == jnp.float32 and a.shape[0] == STEPS
+        assert not np.allclose(a[-1], a[0]), f"{name}: {path} never moved"
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{name} at {path}")
+
+
+def check_bf16(name, params, bf16, fp32, initial_state):
+    ours, theirs, state, theirs_state = bf16
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        assert a.dtype == b.dtype == jnp.bfloat16, name
+    # The state keeps the dtypes init gave it, and those are optax's.
+    assert jax.tree.map(lambda x: x.dtype, state) == jax.tree.map(lambda x: x.dtype,
+                                                                  initial_state)
+    assert state_layout(state) == state_layout(theirs_state), name
+    # Judged against the fp32 trajectory: no further from it than optax's bf16 run,
+    # give or take 2% of the parameters' scale (as test_parity_optax.py judges).
+    scale = max(float(jnp.max(jnp.abs(p.astype(jnp.float32)))) for p in jax.tree.leaves(params))
+    for path, a, b, r in zip(*paths(ours), jax.tree.leaves(theirs), jax.tree.leaves(fp32)):
+        a, b, r = (np.asarray(x, np.float32) for x in (a, b, r))
+        assert np.all(np.isfinite(a)), f"{name} at {path}"
+        assert np.max(np.abs(a - r)) <= np.max(np.abs(b - r)) + 0.02 * scale, f"{name} {path}"
+
+
+def signature_rows(ours, theirs):
+    """``(name, kind, default)`` per parameter, and jtricks' extras (keyword-only, last)."""
+    def rows(fn):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+    a, b = rows(ours), rows(theirs)
+    extra = a[len(b):]
+    assert all(kind is inspect.Parameter.KEYWORD_ONLY for _, kind, _ in extra), extra
+    return a[:len(b)], b
+
+
+def lr_programs(factories, params, noise):
+    """Runs every ``factory(lr)`` for two rates through one jitted step that takes the
+    transforms as an argument (it must trace once), then the same through ``vmap``
+    over the stacked rates."""
+
+    def body(txs, params, noise):
+        return {name: _run_from(tx, apply_updates, params, tx.init(params), noise)
+                for name, tx in txs.items()}
+
+    chex.clear_trace_counter()  # chex keys its counter on the caller's stack and source
+    run = jax.jit(chex.assert_max_traces(body, n=1), compiler_options=FAST_COMPILE)
+    rates = (0.02, 0.005)
+    separate = [run({n: f(lr) for n, f in factories.items()}, params, noise) for lr in rates]
+    sweep = jax.jit(jax.vmap(lambda lr: body({n: f(lr) for n, f in factories.items()},
+                                             params, noise)), compiler_options=FAST_COMPILE)
+    return separate, sweep(jnp.asarray(rates))
+
+
+def donated_two_steps(rows, params, noise):
+    """Two steps of every row in one jitted program that donates params and state."""
+    txs = {name: ours() for name, ours, _ in rows}
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1), compiler_options=FAST_COMPILE)
+    def step(ps, states, n):
+        out_p, out_s = {}, {}
+        for name, tx in txs.items():
+            u, out_s[name] = tx.update(grad_fn(ps[name], n), states[name], ps[name])
+            out_p[name] = apply_updates(ps[name], u)
+        return out_p, out_s
+
+    ps = {name: jax.tree.map(jnp.copy, params) for name in txs}
+    states = {name: tx.init(params) for name, tx in txs.items()}
+    for name, s in states.items():
+        buffers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(s)]
+        assert len(set(buffers)) == len(buffers), f"{name}: two state fields share a buffer"
+    for k in range(2):
+        ps, states = step(ps, states, jax.tree.map(lambda x, k=k: x[k], noise))
+    return ps
+
+
+# --- this family ------------------------------------------------------------------------
+
+@functools.cache
+def results(dtype_name: str):
+    rows = ROWS if dtype_name == "float32" else [r for r in ROWS if r[0] in SUBSET]
+    return run_rows(rows, dtype_name, restore=dtype_name == "float32")
+
+
+IDS = [name for name, _, _ in ROWS]
+# One row per building block (a named optimizer holds it), for the checks whose
+# compilation costs more than another configuration adds (bf16 runs, donation).
+SUBSET = {"amsgrad_named", "amsgrad_paper_fp32_mu", "adamaxw_named", "adabelief_nesterov",
+          "yogi_named", "radam_named", "nadamw_mask_fp32_mu"}
+
+PAIRS = [(getattr(opt, n), getattr(optax, n)) for n in opt.__all__] + [
+    (getattr(blocks, n), getattr(optax, n)) for n in blocks.__all__ if n.startswith("scale_by")]
+
+
+@pytest.mark.parametrize("ours,theirs", PAIRS, ids=[p[0].__name__ for p in PAIRS])
+def test_signature_is_optax(ours, theirs):
+    a, b = signature_rows(ours, theirs)
+    assert a == b
+
+
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
+def test_state_layout_is_optax_at_init(row):
+    name, ours, theirs = row
+    for dtype in (jnp.float32, jnp.bfloat16):
+        params = make_params(0, dtype)
+        assert (state_layout(jax.eval_shape(ours().init, params))
+                == state_layout(jax.eval_shape(theirs().init, params))), (name, dtype)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
+def test_fp32_equals_optax_and_keeps_its_state(row):
+    name = row[0]
+    _, _, out = results("float32")
+    ours, theirs, state, theirs_state = out[name][:4]
+    check_fp32_parity(name, ours, theirs)
+    assert state_layout(state) == state_layout(theirs_state)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
+def test_optax_state_restores_and_continues(row):
+    (ours, state), (theirs, theirs_state) = results("float32")[2][row[0]][4:]
+    assert state_layout(state) == state_layout(theirs_state)
+    for path, a, b in zip(*paths((ours, state)), jax.tree.leaves((theirs, theirs_state))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{row[0]} at {path}")
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r[0] in SUBSET], ids=sorted(SUBSET))
+def test_bf16_stays_bf16_and_close_to_optax(row):
+    params, _, out = results("bfloat16")
+    initial = jax.eval_shape(row[1]().init, params)
+    check_bf16(row[0], params, out[row[0]], results("float32")[2][row[0]][0], initial)
+
+
+# One named optimizer per building block (adamax and nadam are adamaxw and nadamw
+# without the decay): the block's code is what is traced.
+LR_FACTORIES = {
+    "amsgrad": lambda lr: opt.amsgrad(lr, b1=0.8, b2=0.95),
+    "adamaxw": lambda lr: opt.adamaxw(lr, weight_decay=0.1, mask=kernels_only),
+    "adabelief": lambda lr: opt.adabelief(lr, b2=0.95, eps=1e-8, nesterov=True),
+    "yogi": lambda lr: opt.yogi(lr, b2=0.95),
+    "radam": lambda lr: opt.radam(lr, b2=0.95),
+    "nadamw": lambda lr: opt.nadamw(lr, b2=0.95, weight_decay=0.1),
+}
+
+
+def test_one_compilation_for_two_rates_and_vmap_over_rates():
+    params = make_params(3)
+    noise = noise_sequence(params, 8)
+    separate, swept = lr_programs(LR_FACTORIES, params, noise)
+    for name in LR_FACTORIES:
+        a, b = separate[0][name], separate[1][name]
+        assert not all(np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+        for i, run in enumerate(separate):
+            for x, y in zip(jax.tree.leaves(swept[name]), jax.tree.leaves(run[name])):
+                # The same numbers batched: XLA may order a few roundings differently.
+                np.testing.assert_allclose(x[i], y, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
+def test_eval_shape_of_init(row):
+    params = make_params(0)
+    tx = row[1]()
+    shapes = jax.eval_shape(tx.init, params)
+    real = tx.init(params)
+    assert jax.tree.structure(shapes) == jax.tree.structure(real)
+    for s, x in zip(jax.tree.leaves(shapes), jax.tree.leaves(real)):
+        assert (s.shape, s.dtype) == (x.shape, x.dtype)
+
+
+def test_donated_steps_give_the_trajectory():
+    params, noise, out = results("float32")
+    rows = [r for r in ROWS if r[0] in SUBSET]
+    ps = donated_two_steps(rows, params, noise)
+    for name, _, _ in rows:
+        for x, traj in zip(jax.tree.leaves(ps[name]), jax.tree.leaves(out[name][0])):
+            np.testing.assert_allclose(x, traj[1], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+BAD = [
+    (lambda: opt.amsgrad(-1e-3), "amsgrad: learning_rate"),
+    (lambda: opt.amsgrad(1e-3, b1=1.0), "amsgrad: b1"),
+    (lambda: opt.amsgrad(1e-3, b2=-0.1), "amsgrad: b2"),
+    (lambda: opt.amsgrad(1e-3, eps=-1.0), "amsgrad: eps"),
+    (lambda: opt.amsgrad(1e-3, eps_root=float("nan")), "amsgrad: eps_root"),
+    (lambda: opt.adamax(-1e-3), "adamax: learning_rate"),
+    (lambda: opt.adamax(1e-3, b1=1.5), "adamax: b1"),
+    (lambda: opt.adamax(1e-3, b2=1.0), "adamax: b2"),
+    (lambda: opt.adamax(1e-3, eps=0.0), "adamax: eps"),
+    (lambda: opt.adamaxw(-1e-3), "adamaxw: learning_rate"),
+    (lambda: opt.adamaxw(1e-3, b1=-0.5), "adamaxw: b1"),
+    (lambda: opt.adamaxw(1e-3, weight_decay=-1e-4), "adamaxw: weight_decay"),
+    (lambda: opt.adabelief(-1e-3), "adabelief: learning_rate"),
+    (lambda: opt.adabelief(1e-3, b1=1.0), "adabelief: b1"),
+    (lambda: opt.adabelief(1e-3, b2=2.0), "adabelief: b2"),
+    (lambda: opt.adabelief(1e-3, eps=-1e-16), "adabelief: eps"),
+    (lambda: opt.adabelief(1e-3, eps_root=-1e-16), "adabelief: eps_root"),
+    (lambda: opt.yogi(-1e-3), "yogi: learning_rate"),
+    (lambda: opt.yogi(1e-3, b1=1.0), "yogi: b1"),
+    (lambda: opt.yogi(1e-3, b2=-1.0), "yogi: b2"),
+    (lambda: opt.yogi(1e-3, eps=-1e-3), "yogi: eps"),
+    (lambda: opt.radam(-1e-3), "radam: learning_rate"),
+    (lambda: opt.radam(1e-3, b1=1.0), "radam: b1"),
+    (lambda: opt.radam(1e-3, b2=1.0), "radam: b2"),
+    (lambda: opt.radam(1e-3, eps=-1.0), "radam: eps"),
+    (lambda: opt.radam(1e-3, eps_root=-1.0), "radam: eps_root"),
+    (lambda: opt.radam(1e-3, threshold=3.0), "radam: threshold"),
+    (lambda: opt.nadam(-1e-3), "nadam: learning_rate"),
+    (lambda: opt.nadam(1e-3, b1=1.0), "nadam: b1"),
+    (lambda: opt.nadam(1e-3, b2=-0.1), "nadam: b2"),
+    (lambda: opt.nadam(1e-3, eps=-1.0), "nadam: eps"),
+    (lambda: opt.nadam(1e-3, eps_root=-1.0), "nadam: eps_root"),
+    (lambda: opt.nadamw(-1e-3), "nadamw: learning_rate"),
+    (lambda: opt.nadamw(1e-3, b2=1.0), "nadamw: b2"),
+    (lambda: opt.nadamw(1e-3, weight_decay=-0.1), "nadamw: weight_decay"),
+    (lambda: blocks.scale_by_amsgrad(b1=1.0), "scale_by_amsgrad: b1"),
+    (lambda: blocks.scale_by_adamax(eps=-1.0), "scale_by_adamax: eps"),
+    (lambda: blocks.scale_by_belief(b2=1.0), "scale_by_belief: b2"),
+    (lambda: blocks.scale_by_yogi(initial_accumulator_value=-1.0),
+     "scale_by_yogi: initial_accumulator_value"),
+    (lambda: blocks.scale_by_yogi(eps_root=-1.0), "scale_by_yogi: eps_root"),
+    (lambda: blocks.scale_by_radam(threshold=float("nan")), "scale_by_radam: threshold"),
+]
+
+
+@pytest.mark.parametrize("make,match", BAD, ids=[m for _, m in BAD])
+def test_bad_hyperparameters_are_refused(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_schedule_and_integer_params_are_refused_where_they_cannot_work():
+    with pytest.raises(TypeError, match="scale_by_yogi: initial_accumulator_value"):
+        blocks.scale_by_yogi(initial_accumulator_value=lambda c: 1e-6)
+    with pytest.raises(TypeError, match="scale_by_radam: parameter at"):
+        opt.radam(1e-3).init({"w": jnp.arange(3)})
