@@ -71,7 +71,7 @@ def _penalty(where: str, params: PyTree, mask: Any, leaf_sum: Callable) -> jax.A
     total = jnp.zeros((), jnp.float32)
     for p in chosen:
         p = jnp.asarray(p)
-        total = total + leaf_sum(p.astype(jnp.promote_types(p.dtype, jnp.float32)))
+        total = total + leaf_sum(p.astype(jtree.acc_dtype(p)))
     return total
 
 

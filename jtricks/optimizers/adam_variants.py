@@ -12,6 +12,7 @@ from typing import Any
 
 from jtricks import hyperparams as hp
 from jtricks.base import Chain, chain
+from jtricks.optimizers.adaptive import adam, adamw
 from jtricks.transforms.adam_variants import (
     scale_by_adamax,
     scale_by_amsgrad,
@@ -19,7 +20,6 @@ from jtricks.transforms.adam_variants import (
     scale_by_radam,
     scale_by_yogi,
 )
-from jtricks.transforms.adaptive import scale_by_adam
 from jtricks.transforms.decay import add_decayed_weights
 from jtricks.transforms.scaling import scale_by_learning_rate
 
@@ -222,9 +222,7 @@ def nadam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
         >>> tx = jt.nadam(1e-3)
     """
     with hp.reporting_as("nadam"):
-        return chain(scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-                                   mu_dtype=mu_dtype, nesterov=nesterov),
-                     scale_by_learning_rate(learning_rate))
+        return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
 
 
 def nadamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
@@ -257,7 +255,5 @@ def nadamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
         >>> tx = jt.nadamw(1e-3, weight_decay=1e-2)
     """
     with hp.reporting_as("nadamw"):
-        return chain(scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-                                   mu_dtype=mu_dtype, nesterov=nesterov),
-                     add_decayed_weights(weight_decay, mask),
-                     scale_by_learning_rate(learning_rate))
+        return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask,
+                     nesterov=nesterov)
