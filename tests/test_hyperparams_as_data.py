@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,21 +32,22 @@ def _scan(tx, params, noise):
     return params, state
 
 
-def make_runner():
+def make_runner(max_traces=None):
     """A jitted ``run(tx, params, noise)``: STEPS updates in a ``lax.scan`` (for a dict
-    of transforms, one scan each, in one program), with a counter of how many times
-    JAX traced it."""
-    traces = []
+    of transforms, one scan each, in one program). With ``max_traces``, a trace beyond
+    that many raises chex's AssertionError."""
 
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
     def run(tx, params, noise):
-        traces.append(1)
         if isinstance(tx, dict):
             pairs = {name: _scan(t, params, noise) for name, t in tx.items()}
             return ({n: p for n, (p, _) in pairs.items()}, {n: s for n, (_, s) in pairs.items()})
         return _scan(tx, params, noise)
 
-    return run, traces
+    if max_traces is not None:
+        # chex counts traces per place of definition: start this runner's count at 0.
+        chex.clear_trace_counter()
+        run = chex.assert_max_traces(run, n=max_traces)
+    return jax.jit(run, compiler_options=FAST_COMPILE)
 
 
 def halved(tx):
@@ -58,54 +60,59 @@ def halved(tx):
 def table_runs():
     """The whole table at once (one compilation per JAX transformation, not per row):
     the transforms, their halved twins, both run through the same jitted scan, the
-    stacked pair run through ``vmap`` of it, and the eval_shape of every init."""
+    stacked pair run through ``vmap`` of it, and the eval_shape of every init.
+
+    The jitted scan may be traced once: halving every hyperparameter of every
+    transform, or mapping over them, must not retrace it. A retrace is returned as
+    chex's AssertionError, and every row reports it (without recompiling the table)."""
     params = make_params()
     noise = noise_sequence(params, STEPS)
     txs = {name: factory() for name, factory, _ in CASES}
     others = {name: halved(tx) for name, tx in txs.items()}
-    run, traces = make_runner()
-    a = run(txs, params, noise)
-    b = run(others, params, noise)
-    stacked = jax.tree.map(lambda x, y: jnp.stack([jnp.asarray(x), jnp.asarray(y)]), txs, others)
-    swept = jax.vmap(run, in_axes=(0, None, None))(stacked, params, noise)
+    run = make_runner(max_traces=1)
+    try:
+        a = run(txs, params, noise)
+        b = run(others, params, noise)
+        stacked = jax.tree.map(lambda x, y: jnp.stack([jnp.asarray(x), jnp.asarray(y)]),
+                               txs, others)
+        swept = jax.vmap(run, in_axes=(0, None, None))(stacked, params, noise)
+    except AssertionError as retraced:
+        return retraced
     shapes = {name: jax.eval_shape(tx.init, params) for name, tx in txs.items()}
-    return params, txs, len(traces), a, b, swept, shapes
+    return params, txs, a, b, swept, shapes
 
 
 def test_every_transform_under_jit_scan_vmap_and_eval_shape(tx_case):
     name = tx_case[0]
-    params, txs, n_traces, (a, state_a), (b, _), (swept, _), shapes = table_runs()
+    runs = table_runs()
+    if isinstance(runs, AssertionError):
+        pytest.fail(f"the jitted step was traced again: {runs}")
+    params, txs, (a, state_a), (b, _), (swept, _), shapes = runs
     tx, a, b, state_a, swept = txs[name], a[name], b[name], state_a[name], swept[name]
-    # Halving every hyperparameter of every transform did not retrace the jitted step.
-    assert n_traces == 1
-    assert jax.tree.map(lambda x: x.dtype, a) == jax.tree.map(lambda x: x.dtype, params)
-    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(a))
+    chex.assert_trees_all_equal_dtypes(a, params)
+    chex.assert_tree_all_finite(a)
 
-    assert jax.tree.structure(shapes[name]) == jax.tree.structure(state_a)
-    for s, x in zip(jax.tree.leaves(shapes[name]), jax.tree.leaves(state_a)):
-        assert (s.shape, s.dtype) == (x.shape, x.dtype)
+    chex.assert_trees_all_equal_shapes_and_dtypes(shapes[name], state_a)
 
     if not jax.tree.leaves(tx):
         return  # e.g. a learning rate given as a plain function: nothing to change
     assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-    for s, x, y in zip(jax.tree.leaves(swept), jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(s[0], x, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(s[1], y, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(jax.tree.map(lambda s: s[0], swept), a, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(jax.tree.map(lambda s: s[1], swept), b, rtol=1e-5, atol=1e-6)
 
 
 def test_adam_step_compiles_once_for_two_learning_rates(params, grads):
-    traces = []
+    chex.clear_trace_counter()
 
     @jax.jit
+    @chex.assert_max_traces(n=1)  # a second trace (for the second rate) raises
     def step(tx, params, state, grads):
-        traces.append(1)
         updates, state = tx.update(grads, state, params)
         return jt.apply_updates(params, updates), state
 
     slow, fast = jt.adam(3e-4), jt.adam(1e-3)
     p_slow, _ = step(slow, params, slow.init(params), grads)
     p_fast, _ = step(fast, params, fast.init(params), grads)
-    assert len(traces) == 1
     # Adam's first step moves every coordinate by about the learning rate.
     np.testing.assert_allclose(params["conv"] - p_slow["conv"],
                                3e-4 * jnp.sign(grads["conv"]), rtol=1e-3)
@@ -117,20 +124,20 @@ def test_adam_step_compiles_once_for_two_learning_rates(params, grads):
 def test_vmap_over_a_stacked_learning_rate_equals_separate_runs(optimizer, params):
     rates = [0.3, 0.1, 0.01]
     noise = noise_sequence(params, STEPS)
-    run, _ = make_runner()
+    run = make_runner()
     sweep = optimizer(jnp.asarray(rates))
     # Map over the stacked leaf only; the other hyperparameters are shared scalars.
     axes = jax.tree.map(lambda x: 0 if jnp.ndim(x) else None, sweep)
     swept, _ = jax.vmap(run, in_axes=(axes, None, None))(sweep, params, noise)
     for i, lr in enumerate(rates):
         alone, _ = run(optimizer(lr), params, noise)
-        for s, x in zip(jax.tree.leaves(swept), jax.tree.leaves(alone)):
-            np.testing.assert_allclose(s[i], x, rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(jax.tree.map(lambda s, i=i: s[i], swept), alone,
+                                    rtol=1e-5, atol=1e-6)
 
 
 def test_python_float_hyperparameters_keep_bf16_through_jit(params_bf16):
     # Python floats become weakly typed tracers: bf16 updates and state stay bf16.
-    run, _ = make_runner()
+    run = make_runner()
     noise = noise_sequence(params_bf16, STEPS)
     txs = {"sgd": jt.sgd(0.1, momentum=0.9), "rmsprop": jt.rmsprop(0.01, centered=True),
            "adagrad": jt.adagrad(0.1), "adamw": jt.adamw(1e-3)}
@@ -147,7 +154,7 @@ def test_fp32_array_hyperparameters_keep_bf16_state_through_scan(params_bf16):
     # An fp32 array hyperparameter (a sweep value, a traced argument) promotes the
     # arithmetic to fp32, but the state must stay in the dtype init chose, or a scan
     # carry would change type between steps.
-    run, _ = make_runner()
+    run = make_runner()
     noise = noise_sequence(params_bf16, STEPS)
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     txs = {"sgd": jt.sgd(f32(0.1), momentum=f32(0.9)),
@@ -192,8 +199,7 @@ def test_update_k_uses_the_schedule_value_at_k(build, params):
         constant = build(float(schedule(k)))
         (u, new_state), expected = both(scheduled, constant,
                                         state, jax.tree.map(lambda x, k=k: x[k], noise))
-        for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(expected)):
-            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+        chex.assert_trees_all_close(u, expected, rtol=1e-5, atol=1e-7)
         state = new_state
     has_count = lambda s: "count" in getattr(s, "_fields", ())  # a NamedTuple state
     counts = [s.count for s in jax.tree.leaves(state, is_leaf=has_count) if has_count(s)]
