@@ -68,15 +68,10 @@ class ScaleByAdam(Transform):
         # Nesterov (NAdam) looks one step ahead: the next step's debiased momentum.
         c1_next = jtree.bias_correction(b1, jtree.increment(count)) if self.nesterov else None
 
-        def leaf(g_in, m_old, v_old):
-            # One fused elementwise pass: read g, m, v once; write u, m, v once. The
-            # arithmetic runs in at least fp32: in fp16 an eps of 1e-8 rounds to 0 and
-            # a small v underflows, so 0 / 0 (or a huge step) would come out.
-            out = jnp.result_type(g_in, m_old, v_old)
-            acc = jtree.acc_dtype(out)
-            g = g_in.astype(acc)
-            m = (1 - b1) * g + b1 * m_old.astype(acc)
-            v = (1 - b2) * jtree.abs_sq(g) + b2 * v_old.astype(acc)
+        def leaf(g, m_old, v_old):
+            # One fused elementwise pass: read g, m, v once; write u, m, v once.
+            m = (1 - b1) * g + b1 * m_old
+            v = (1 - b2) * jtree.abs_sq(g) + b2 * v_old
             if c1_next is None:
                 m_hat = m / c1.astype(m.dtype)
             else:
@@ -86,7 +81,9 @@ class ScaleByAdam(Transform):
             # The state keeps the dtype init gave it (mu_dtype/nu_dtype or the params'):
             # an fp32 array b1 must not promote a bf16 moment (a scan carry would
             # change type).
-            return u.astype(out), m.astype(m_old.dtype), v.astype(v_old.dtype)
+            m = m.astype(m_old.dtype)
+            v = v.astype(v_old.dtype)
+            return u, m, v
 
         out = jtree.map_checked(leaf, updates, state.mu, state.nu,
                                 names=("updates", "state.mu", "state.nu"),
@@ -278,12 +275,9 @@ class ScaleByRms(Transform):
         def scaling(var):
             return jax.lax.rsqrt(var + eps) if eps_in_sqrt else 1 / (jnp.sqrt(var) + eps)
 
-        def plain(g, v_old):
-            # In at least fp32 (as scale_by_adam): an fp16 eps rounds to 0.
-            out = jnp.result_type(g, v_old)
-            acc = jtree.acc_dtype(out)
-            v = (1 - decay) * jtree.abs_sq(g.astype(acc)) + decay * v_old.astype(acc)
-            return (scaling(debias(v)) * g.astype(acc)).astype(out), v.astype(v_old.dtype)
+        def plain(g, v):
+            v = ((1 - decay) * jtree.abs_sq(g) + decay * v).astype(v.dtype)
+            return scaling(debias(v)) * g, v
 
         def centered_leaf(g, v, m):
             v = ((1 - decay) * jtree.abs_sq(g) + decay * v).astype(v.dtype)
