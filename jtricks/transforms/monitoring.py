@@ -16,9 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from jtricks import hyperparams as hp
-from jtricks import tree as jtree
 from jtricks.base import Chain, Stateless, Transform, as_transform, static_field
-from jtricks.transforms.ema import EmaState
+from jtricks.transforms.ema import Ema, EmaState
 
 __all__ = [
     "SnapshotState",
@@ -192,14 +191,12 @@ def monitor(measures: dict[str, Any]) -> Monitor:
 # --- measure_with_ema ---------------------------------------------------------------
 
 
-class MeasureEma(Transform):
-    """The moving average of a measurement, optax's ``EmaState`` as its state (the
-    second link of :func:`measure_with_ema`)."""
+class MeasureEma(Ema):
+    """The moving average of a measurement (the second link of
+    :func:`measure_with_ema`): :class:`~jtricks.transforms.ema.Ema`'s update, with a
+    state shaped like the measurement instead of the params."""
 
-    decay: Any
-    measure: Callable = static_field()
-    debias: bool = static_field(default=True)
-    accumulator_dtype: Any = static_field(default=None)
+    measure: Callable = static_field(default=None)
 
     def _dtype(self, x):
         if self.accumulator_dtype is not None:
@@ -212,21 +209,6 @@ class MeasureEma(Transform):
         return EmaState(count=jnp.zeros([], jnp.int32),
                         ema=jax.tree.map(lambda x: jnp.zeros(x.shape, self._dtype(x)),
                                          shapes))
-
-    def update(self, updates, state, params=None, **extra):
-        del params, extra
-        decay = self.decay
-        count = jtree.increment(state.count)
-        c = jtree.bias_correction(decay, count) if self.debias else None
-
-        def leaf(g, e_old):
-            e = (1 - decay) * g + decay * e_old
-            return (e if c is None else e / c.astype(e.dtype)), e.astype(e_old.dtype)
-
-        out = jtree.map_checked(leaf, updates, state.ema, names=("measurement", "state.ema"),
-                                where="measure_with_ema.update")
-        u, new = jtree.unzip2(updates, out)
-        return u, EmaState(count=count, ema=new)
 
 
 def measure_with_ema(measure: Callable[[Any], Any], decay: Any, debias: bool = True,
