@@ -20,8 +20,7 @@ import optax
 import pytest
 from cases_adam_variants import kernels_only
 from cases_sign import ROWS
-from conftest import make_params, noise_sequence
-from test_catalogue_adam_variants import (
+from catalogue import (
     check_bf16,
     check_fp32_parity,
     donated_two_steps,
@@ -31,6 +30,7 @@ from test_catalogue_adam_variants import (
     signature_rows,
     state_layout,
 )
+from conftest import make_params, noise_sequence
 
 from jtricks.base import chain
 from jtricks.optimizers import sign as opt

@@ -21,8 +21,7 @@ import numpy as np
 import optax
 import pytest
 from cases_wrappers import ROWS, every_other
-from conftest import FAST_COMPILE, grad_fn, make_params, noise_sequence, trajectory
-from test_catalogue_adam_variants import (
+from catalogue import (
     check_bf16,
     check_fp32_parity,
     donated_two_steps,
@@ -32,6 +31,7 @@ from test_catalogue_adam_variants import (
     signature_rows,
     state_layout,
 )
+from conftest import FAST_COMPILE, grad_fn, make_params, noise_sequence, trajectory
 
 from jtricks.base import apply_updates, chain
 from jtricks.optimizers.adaptive import adam
