@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # Import name -> distribution name, where they differ.
-DISTRIBUTION = {"sklearn": "scikit-learn"}
+DISTRIBUTION = {"sklearn": "scikit-learn", "orbax": "orbax-checkpoint"}
 # Run rather than imported: fit(progress=True) imports tqdm; test_docs runs mkdocs;
 # the README's test command runs pytest with xdist.
 RUN_BY_TESTS = {"tqdm", "mkdocs", "mkdocs-material", "mkdocstrings", "pymdown-extensions",

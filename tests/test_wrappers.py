@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import serialization
 
 import jtricks as jt
 
@@ -237,6 +238,8 @@ BAD = [
     (lambda: jt.accumulate(jt.adam(0.1), 0), ValueError,
      r"every_k must be an integer >= 1, got 0"),
     (lambda: jt.accumulate(jt.adam(0.1), 2.5), ValueError, r"every_k must be an integer"),
+    (lambda: jt.accumulate(jt.adam(0.1), lambda step: 2), TypeError,
+     r"accumulate: every_k must be an integer >= 1, got the function .*jt.MultiSteps"),
     (lambda: jt.skip_nonfinite(jt.adam(0.1), max_consecutive=-1), ValueError,
      r"max_consecutive must be an integer >= 0 or None, got -1"),
 ]
@@ -249,10 +252,10 @@ def test_bad_input_raises_clear_error(make, error, match):
 
 
 def test_accumulate_structure_mismatch_names_the_path():
-    tx = jt.accumulate(jt.adam(0.1), 2)
+    tx = jt.accumulate(jt.adam(0.1), 2)  # a MultiSteps: its update reports the error
     state = tx.init(PARAMS)
     grads = {**PARAMS, "extra": jnp.ones(2)}
-    with pytest.raises(ValueError, match=r"accumulate.update: .*\['extra'\]"):
+    with pytest.raises(ValueError, match=r"MultiSteps.update: .*\['extra'\]"):
         tx.update(grads, state, PARAMS)
 
 
@@ -269,3 +272,47 @@ def test_bf16_params_stay_bf16(name, make):
     assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
     new_params = jt.apply_updates(params, updates)
     assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(new_params))
+
+
+# optax.tree.map_params finds the params-shaped parts of a state by initialising the
+# transform on a placeholder; masked and partition states must map as optax's do.
+_AXES = jax.tree.map(lambda p: p.ndim, PARAMS)  # e.g. sharding specs, one per leaf
+MAP_PARAMS = [
+    ("masked_tree", jt.masked(jt.adam(0.1), MASK), optax.masked(optax.adam(0.1), MASK)),
+    ("masked_prefix", jt.masked(jt.sgd(0.1, momentum=0.9), PREFIX_MASK),
+     optax.masked(optax.sgd(0.1, momentum=0.9), PREFIX_MASK)),
+    ("adamw_masked_decay", jt.adamw(0.1, mask=_kernels), optax.adamw(0.1, mask=_kernels)),
+    ("partition_prefix_labels",
+     jt.partition({"adam": jt.adam(0.1), "sgd": jt.sgd(0.1, momentum=0.9),
+                   "frozen": optax.set_to_zero()}, LABELS),
+     optax.partition({"adam": optax.adam(0.1), "sgd": optax.sgd(0.1, momentum=0.9),
+                      "frozen": optax.set_to_zero()}, LABELS)),
+    ("accumulate_partition",
+     jt.accumulate(jt.partition({"matrix": jt.adam(0.1), "vector": jt.sgd(0.1)},
+                                _labels_by_rank), 2),
+     optax.MultiSteps(optax.partition({"matrix": optax.adam(0.1), "vector": optax.sgd(0.1)},
+                                      _labels_by_rank), 2).gradient_transformation()),
+]
+
+
+def _plain(state):
+    return jax.tree.map(lambda x: np.asarray(x).tolist(), serialization.to_state_dict(state))
+
+
+@pytest.mark.parametrize("name, ours, theirs", MAP_PARAMS, ids=[m[0] for m in MAP_PARAMS])
+def test_optax_map_params_maps_our_states_as_optaxs(name, ours, theirs):
+    ours_state, theirs_state = ours.init(PARAMS), theirs.init(PARAMS)
+    assert _plain(ours_state) == _plain(theirs_state)  # one MaskedNode per hidden subtree
+    shift = lambda p: p + 1.0  # every params-shaped copy moves, counts do not
+    mapped = optax.tree.map_params(ours, shift, ours_state)
+    assert _plain(mapped) == _plain(optax.tree.map_params(theirs, shift, theirs_state))
+    assert _plain(mapped) != _plain(ours_state)
+    # With an extra params-shaped tree, optax asks for is_leaf on its MaskedNode; the
+    # same call with jt.MaskedNode gives optax's specs.
+    def specs(tx, state, masked_node):
+        return optax.tree.map_params(
+            tx, lambda p, a: None if isinstance(p, masked_node) else a, state, _AXES,
+            is_leaf=lambda v: isinstance(v, masked_node), transform_non_params=lambda v: -1)
+
+    assert _plain(specs(ours, ours_state, jt.MaskedNode)) == _plain(
+        specs(theirs, theirs_state, optax.MaskedNode))

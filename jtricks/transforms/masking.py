@@ -32,15 +32,40 @@ class MaskedNode(NamedTuple):
     so ``jax.tree.map`` skips it)."""
 
 
+def _is_params_placeholder(params: Any) -> bool:
+    """Whether ``params`` is the stand-in ``optax.tree.map_params`` inits with.
+
+    map_params finds the params-shaped parts of a state by calling ``init`` on a
+    leafless placeholder; a mask cannot be resolved against it, so (as optax's
+    ``masked`` does) the placeholder goes to the inner transform unmasked. It is
+    recognised by its type, without importing optax (not a runtime dependency).
+    """
+    kind = type(params)
+    return kind.__name__ == "_ParamsPlaceholder" and kind.__module__.startswith("optax")
+
+
+def _resolve(mask: Any, tree: Any, where: str) -> tuple[Any, Any]:
+    """``(prefix, full)``: the mask as given (called first if it is a function), its
+    leaves as Python bools, and the same mask resolved to every leaf of ``tree``.
+
+    Hiding uses the prefix, as optax does: a ``False`` over a whole subtree becomes
+    one :class:`MaskedNode`, so the inner state nests exactly like optax's.
+    """
+    if jtree.is_mask_function(mask):
+        mask = mask(tree)
+    full = jtree.resolve_mask(mask, tree, where=where)  # validates every entry
+    return jax.tree.map(bool, mask), full
+
+
 def _hide(mask: Any, tree: Any) -> Any:
-    """``tree`` with each unmasked leaf replaced by a :class:`MaskedNode`."""
+    """``tree`` with each unmasked leaf (or subtree) replaced by a :class:`MaskedNode`."""
     if tree is None:
         return None
     return jax.tree.map(lambda m, x: x if m else MaskedNode(), mask, tree)
 
 
 def _unhide(mask: Any, new: Any, old: Any) -> Any:
-    """Leaves of ``new`` where ``mask`` is true, of ``old`` elsewhere."""
+    """Subtrees of ``new`` where ``mask`` is true, of ``old`` elsewhere."""
     return jax.tree.map(lambda m, n, o: n if m else o, mask, new, old)
 
 
@@ -70,11 +95,13 @@ class Masked(Transform):
     name: str = static_field(default="masked")  # the function errors are reported as
 
     def init(self, params):
-        mask = jtree.resolve_mask(self.mask, params, where=f"{self.name}.init")
+        if _is_params_placeholder(params):
+            return MaskedState(inner_state=self.inner.init(params))
+        mask, _ = _resolve(self.mask, params, f"{self.name}.init")
         return MaskedState(inner_state=self.inner.init(_hide(mask, params)))
 
     def update(self, updates, state, params=None, **extra):
-        mask = jtree.resolve_mask(self.mask, updates, where=f"{self.name}.update")
+        mask, _ = _resolve(self.mask, updates, f"{self.name}.update")
         if self.mask_compatible_extra_args:
             structure = jax.tree.structure(updates)
             extra = {k: _hide(mask, v) if jax.tree.structure(v) == structure else v
@@ -84,10 +111,10 @@ class Masked(Transform):
         return _unhide(mask, new, updates), MaskedState(inner_state=inner_state)
 
     def learning_rate_factors(self, params, state, new_state):
-        mask = jtree.resolve_mask(self.mask, params, where="masked")
+        mask, full = _resolve(self.mask, params, "masked")
         inner = self.inner.learning_rate_factors(_hide(mask, params), state.inner_state,
                                                  new_state.inner_state)
-        return [_restrict(f, mask) for f in inner]
+        return [_restrict(f, full) for f in inner]
 
 
 def masked(inner: Any, mask: Any, *, mask_compatible_extra_args: bool = False) -> Masked:
@@ -99,7 +126,10 @@ def masked(inner: Any, mask: Any, *, mask_compatible_extra_args: bool = False) -
         u_i -> u_i       elsewhere
 
     The inner transform sees (and keeps state for) the masked leaves only; the
-    others are replaced by :class:`MaskedNode` placeholders, as in ``optax.masked``.
+    others are replaced by :class:`MaskedNode` placeholders, as in ``optax.masked``
+    (one per subtree a prefix mask leaves out), so the state nests like optax's and
+    ``optax.tree.map_params`` maps over it (with extra trees, pass
+    ``is_leaf=lambda v: isinstance(v, jt.MaskedNode)`` as optax asks for its own).
 
     Args:
         inner: the transform to apply (jtricks or optax).
@@ -148,11 +178,16 @@ class Partition(Transform):
                     "or fix the labels."
                 )
         flag = self.mask_compatible_extra_args
-        return {k: Masked(inner=tx, mask=jax.tree.map(lambda lab, k=k: lab == k, full),
+        # Masks follow the labels as given (a prefix stays a prefix), as optax's do.
+        return {k: Masked(inner=tx, mask=jax.tree.map(lambda lab, k=k: lab == k, labels),
                           mask_compatible_extra_args=flag)
                 for k, tx in self.transforms.items()}
 
     def init(self, params):
+        if _is_params_placeholder(params):  # optax.tree.map_params: see Masked.init
+            return PartitionState(inner_states={
+                k: MaskedState(inner_state=tx.init(params))
+                for k, tx in self.transforms.items()})
         return PartitionState(inner_states={
             k: m.init(params) for k, m in self._masked("partition.init", params).items()})
 

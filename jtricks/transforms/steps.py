@@ -1,5 +1,6 @@
 """Step-count utilities of optax's: ``apply_every`` and the skip rules of
-``optax.MultiSteps`` (``skip_not_finite``, ``skip_large_updates``)."""
+``MultiSteps`` (``skip_not_finite``, ``skip_large_updates``), which drive
+``jt.MultiSteps`` and ``optax.MultiSteps`` alike."""
 
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ def apply_every(k: ArrayLike = 1) -> ApplyEveryTransform:
 
 def skip_not_finite(updates: Any, gradient_step: ArrayLike,
                     params: Any | None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """A skip rule for ``optax.MultiSteps``: skip when any update is NaN or inf::
+    """A skip rule for ``jt.MultiSteps`` (or optax's): skip when any update is NaN or
+    inf::
 
         n    = number of non-finite entries in the updates
         skip = n > 0
@@ -88,7 +90,7 @@ def skip_not_finite(updates: Any, gradient_step: ArrayLike,
         ``(skip, {"should_skip": skip, "num_not_finite": n})``.
 
     Example:
-        >>> tx = optax.MultiSteps(jt.adam(1e-3), 4, should_skip_update_fn=skip_not_finite)
+        >>> tx = jt.MultiSteps(jt.adam(1e-3), 4, should_skip_update_fn=jt.skip_not_finite)
     """
     del gradient_step, params
     counts = [jnp.sum(~jnp.isfinite(u)) for u in jax.tree.leaves(updates)]
@@ -99,8 +101,8 @@ def skip_not_finite(updates: Any, gradient_step: ArrayLike,
 
 def skip_large_updates(updates: Any, gradient_step: ArrayLike, params: Any | None,
                        max_squared_norm: ArrayLike) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """A skip rule for ``optax.MultiSteps``: skip when the squared global norm of
-    the updates is not below ``max_squared_norm`` (NaN counts as large)::
+    """A skip rule for ``jt.MultiSteps`` (or optax's): skip when the squared global
+    norm of the updates is not below ``max_squared_norm`` (NaN counts as large)::
 
         s    = sum(u^2)
         skip = not (s < max_squared_norm)
@@ -110,14 +112,15 @@ def skip_large_updates(updates: Any, gradient_step: ArrayLike, params: Any | Non
         gradient_step: unused.
         params: unused.
         max_squared_norm: the threshold on ``sum(u^2)``; bind it with
-            ``functools.partial``.
+            ``functools.partial`` (a constant), or with ``jax.tree_util.Partial`` to
+            keep it data inside ``jt.MultiSteps`` (a new threshold, no recompile).
 
     Returns:
         ``(skip, {"should_skip": skip, "norm_squared": s})``.
 
     Example:
-        >>> rule = functools.partial(skip_large_updates, max_squared_norm=100.0)
-        >>> tx = optax.MultiSteps(jt.adam(1e-3), 4, should_skip_update_fn=rule)
+        >>> rule = jax.tree_util.Partial(jt.skip_large_updates, max_squared_norm=100.0)
+        >>> tx = jt.MultiSteps(jt.adam(1e-3), 4, should_skip_update_fn=rule)
     """
     del gradient_step, params
     s = jnp.sum(jnp.asarray([jnp.sum(u**2) for u in jax.tree.leaves(updates)]))

@@ -1,5 +1,5 @@
 """Wrappers that decide when an inner transform runs: skipping non-finite steps and
-gradient accumulation.
+gradient accumulation (optax's ``MultiSteps``, and ``accumulate`` for its common case).
 
 Each wrapper keeps its inner transform as a pytree child, so the inner
 hyperparameters stay data (a wrapped ``adam(1e-3)`` and ``adam(3e-4)`` share one
@@ -8,8 +8,9 @@ compilation). Inner transforms may be jtricks or optax transforms.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import reduce
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -17,14 +18,17 @@ from jax.typing import ArrayLike
 
 from jtricks import hyperparams as hp
 from jtricks import tree as jtree
-from jtricks.base import Transform, as_transform
+from jtricks.base import Struct, Transform, as_transform, is_schedule, static_field
 
 __all__ = [
     "SkipNonfiniteState",
     "SkipNonfinite",
     "skip_nonfinite",
+    "MultiStepsState",
     "AccumulateState",
-    "Accumulate",
+    "ShouldSkipUpdateFunction",
+    "SkipRule",
+    "MultiSteps",
     "accumulate",
 ]
 
@@ -121,19 +125,19 @@ def skip_nonfinite(tx: Any, max_consecutive: ArrayLike | None = None) -> SkipNon
                          max_consecutive=max_consecutive)
 
 
-# --- accumulate ---------------------------------------------------------------------
+# --- MultiSteps / accumulate --------------------------------------------------------
 
 
-class AccumulateState(NamedTuple):
-    """State of :func:`accumulate`, field for field ``optax.MultiStepsState``.
+class MultiStepsState(NamedTuple):
+    """State of :class:`MultiSteps` (and :func:`accumulate`), field for field optax's.
 
     Attributes:
-        mini_step: int32, gradients averaged into ``acc_grads`` so far (< every_k).
+        mini_step: int32, gradients accumulated in the current window (< every_k).
         gradient_step: int32, updates of the inner transform so far.
         inner_opt_state: the inner transform's state.
-        acc_grads: the running mean of the current window's gradients (at least
-            fp32, as optax's default ``accumulator_dtype``).
-        skip_state: ``()`` (optax's slot for a skip rule's state).
+        acc_grads: the window's running mean (or sum) of the gradients, in
+            ``accumulator_dtype`` (fp32 by default, as optax's).
+        skip_state: what ``should_skip_update_fn`` returned last (``()`` without one).
     """
 
     mini_step: jax.Array
@@ -143,69 +147,217 @@ class AccumulateState(NamedTuple):
     skip_state: Any = ()
 
 
-class Accumulate(Transform):
-    """Averages gradients over ``every_k`` calls; see :func:`accumulate`."""
+AccumulateState = MultiStepsState  # the name this state had before MultiSteps existed
 
-    inner: Transform
-    every_k: Any
+
+class ShouldSkipUpdateFunction(Protocol):
+    """The type of ``MultiSteps``' ``should_skip_update_fn`` (optax's protocol)."""
+
+    def __call__(self, updates: Any, gradient_step: ArrayLike,
+                 params: Any | None) -> tuple[ArrayLike, Any]:
+        """Returns ``(skip, skip_state)``: a boolean scalar (True drops this gradient)
+        and any pytree to keep in ``MultiStepsState.skip_state``."""
+
+
+class SkipRule(Struct):
+    """A plain skip function kept static, so the transform holding it stays a pytree
+    (a pytree callable such as ``jax.tree_util.Partial`` is kept as it is instead)."""
+
+    fn: Callable = static_field()
+
+    def __call__(self, updates, gradient_step, params):
+        return self.fn(updates, gradient_step, params)
+
+
+def _as_rule(fn: Any) -> Any:
+    if fn is None or isinstance(fn, Struct):
+        return fn
+    if not callable(fn):
+        raise TypeError(
+            f"MultiSteps: should_skip_update_fn must be None or a function "
+            f"(updates, gradient_step, params) -> (skip, skip_state), got "
+            f"{type(fn).__name__}: {fn!r}. Use e.g. jt.skip_not_finite."
+        )
+    # A pytree callable with leaves (jax.tree_util.Partial(rule, max_squared_norm=x))
+    # keeps its numbers as data; a plain function would be a non-array leaf.
+    leaves = jax.tree.leaves(fn)
+    return SkipRule(fn=fn) if len(leaves) == 1 and leaves[0] is fn else fn
+
+
+def _acc_dtype(dtype: Any, p: Any) -> Any:
+    """optax's accumulator dtype for ``p``; complex params keep a complex accumulator
+    (casting a complex mean to a real dtype would drop its imaginary part)."""
+    own = jnp.result_type(p)
+    if dtype is None:
+        return own
+    if jnp.issubdtype(own, jnp.complexfloating):
+        return jnp.promote_types(dtype, own)
+    return dtype
+
+
+class MultiSteps(Transform):
+    """optax's ``MultiSteps``: accumulates gradients over several calls and applies
+    ``opt`` once per window; see :func:`accumulate` for the rule.
+
+    The constructor is optax's, ``MultiSteps(opt, every_k_schedule, use_grad_mean=True,
+    should_skip_update_fn=None, accumulator_dtype=jnp.float32)``, and so are
+    ``init``/``update``/``has_updated``/``gradient_transformation()`` and the state.
+    Unlike optax's it is a transform pytree: ``opt``'s hyperparameters and an integer
+    ``every_k_schedule`` are data (no recompile for a new value, ``vmap`` sweeps).
+
+    ::
+
+        k    = every_k_schedule(gradient_step)          (or the integer itself)
+        skip = should_skip_update_fn(g, gradient_step, params)[0]   (False without one)
+        a    = a + (g - a) / (mini_step + 1)           (a + g if not use_grad_mean)
+        u    = opt(a) on the k-th call of a window, else 0;   a skipped call changes
+               nothing but skip_state
+
+    Attributes:
+        opt: the transform to apply to the accumulated gradients (jtricks or optax).
+        every_k_schedule: gradients per update: an integer >= 1, or a schedule
+            ``gradient_step -> k`` (a jtricks schedule or any function).
+        use_grad_mean: average the window's gradients (True) or sum them.
+        should_skip_update_fn: ``None`` or ``(updates, gradient_step, params) ->
+            (skip, skip_state)`` with ``skip`` a boolean scalar, e.g.
+            ``jt.skip_not_finite``; a skipped gradient is dropped as if the
+            call never happened. A ``jax.tree_util.Partial`` keeps its bound numbers
+            as data.
+        accumulator_dtype: dtype of ``acc_grads`` (``None``: the params' dtype).
+
+    Example:
+        >>> tx = jt.MultiSteps(jt.adam(1e-3), every_k_schedule=4,
+        ...                    should_skip_update_fn=jt.skip_not_finite)
+        >>> state = tx.init(params)
+        >>> updates, state = tx.update(grads, state, params)
+        >>> tx.has_updated(state)   # True once every 4 calls
+    """
+
+    opt: Any
+    every_k_schedule: Any
+    use_grad_mean: bool = static_field(default=True)
+    should_skip_update_fn: Any = None
+    accumulator_dtype: Any = static_field(default=jnp.float32)
+
+    def __post_init__(self):
+        # The constructor is optax's, so it validates itself (unflattening under jit
+        # bypasses __init__, and tracers are never checked).
+        k = self.every_k_schedule
+        if not is_schedule(k):
+            hp.check_integer("MultiSteps", "every_k_schedule", k, low=1,
+                             fix="It is the number of micro-batches per update, e.g. 4, "
+                                 "or a schedule gradient_step -> k.")
+        dtype = self.accumulator_dtype
+        if dtype is not None:
+            dtype = jax.dtypes.canonicalize_dtype(dtype)
+        object.__setattr__(self, "opt", as_transform(self.opt, where="MultiSteps"))
+        object.__setattr__(self, "every_k_schedule", hp.as_hyper(k))
+        object.__setattr__(self, "use_grad_mean", bool(self.use_grad_mean))
+        object.__setattr__(self, "should_skip_update_fn", _as_rule(self.should_skip_update_fn))
+        object.__setattr__(self, "accumulator_dtype", dtype)
+
+    @property
+    def inner_opt(self) -> Transform:
+        """The wrapped transform (optax's name for it)."""
+        return self.opt
+
+    def _skip(self, updates, gradient_step, params):
+        if self.should_skip_update_fn is None:
+            return jnp.asarray(False), ()
+        skip, skip_state = self.should_skip_update_fn(updates, gradient_step, params)
+        if jnp.shape(skip) != () or jnp.result_type(skip) != jnp.bool_:
+            raise ValueError(
+                f"MultiSteps.update: should_skip_update_fn must return a boolean scalar "
+                f"first, got dtype {jnp.result_type(skip)} and shape {jnp.shape(skip)}. "
+                "Return e.g. (jnp.any(...), info)."
+            )
+        return skip, skip_state
 
     def init(self, params):
-        acc = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jtree.acc_dtype(p)), params)
-        return AccumulateState(mini_step=jnp.zeros([], jnp.int32),
-                               gradient_step=jnp.zeros([], jnp.int32),
-                               inner_opt_state=self.inner.init(params), acc_grads=acc)
+        hp.check_float_params("MultiSteps", params)
+        step = jnp.zeros([], jnp.int32)
+        _, skip_state = self._skip(jtree.zeros_like(params), step, params)
+        acc = jax.tree.map(
+            lambda p: jnp.zeros(jnp.shape(p), _acc_dtype(self.accumulator_dtype, p)), params)
+        return MultiStepsState(mini_step=jnp.zeros([], jnp.int32), gradient_step=step,
+                               inner_opt_state=self.opt.init(params), acc_grads=acc,
+                               skip_state=skip_state)
 
     def update(self, updates, state, params=None, **extra):
-        n = state.mini_step
-        acc = jtree.map_checked(
-            lambda g, a: (a + (g - a) / (n + 1)).astype(a.dtype), updates, state.acc_grads,
-            names=("updates", "state.acc_grads"), where="accumulate.update")
-        mean = jax.tree.map(lambda a, g: a.astype(jnp.result_type(g)), acc, updates)
-        new, inner_state = self.inner.update(mean, state.inner_opt_state, params, **extra)
-        emit = n + 1 >= self.every_k
-        # The inner update runs every call and is kept only on the k-th (no lax.cond,
-        # so the step stays one fused program).
+        n, step = state.mini_step, state.gradient_step
+        k = hp.value_at(self.every_k_schedule, step)
+        skip, skip_state = self._skip(updates, step, params)
+        if self.use_grad_mean:
+            fold = lambda g, a: (a + (g - a) / (n + 1)).astype(a.dtype)
+        else:
+            fold = lambda g, a: (a + g).astype(a.dtype)
+        acc = jtree.map_checked(fold, updates, state.acc_grads,
+                                names=("updates", "state.acc_grads"), where="MultiSteps.update")
+        grads = jax.tree.map(lambda a, g: a.astype(jnp.result_type(g)), acc, updates)
+        new, inner_state = self.opt.update(grads, state.inner_opt_state, params, **extra)
+        # The inner update runs on every call and is kept only on a window's last one
+        # (selects, not lax.cond: the step stays one straight-line program). `>=`
+        # rather than optax's `==` also closes a window if k shrinks mid-window.
+        emit = (n + 1 >= k) & ~skip
+        pick = lambda c, a, b: jnp.where(c, a, b).astype(jnp.result_type(b))
         return (
             jax.tree.map(lambda u: jnp.where(emit, u, jnp.zeros_like(u)), new),
-            AccumulateState(
-                mini_step=jnp.where(emit, 0, n + 1).astype(jnp.int32),
-                gradient_step=jnp.where(emit, jtree.increment(state.gradient_step),
-                                        state.gradient_step),
-                inner_opt_state=jax.tree.map(
-                    lambda new_s, old_s: jnp.where(emit, new_s, old_s).astype(
-                        jnp.result_type(old_s)),
-                    inner_state, state.inner_opt_state),
-                acc_grads=jax.tree.map(lambda a: jnp.where(emit, jnp.zeros_like(a), a), acc),
-                skip_state=state.skip_state,
+            MultiStepsState(
+                mini_step=jnp.where(skip, n, jnp.where(emit, 0, n + 1)).astype(jnp.int32),
+                gradient_step=jnp.where(emit, jtree.increment(step), step),
+                inner_opt_state=jax.tree.map(lambda a, b: pick(emit, a, b), inner_state,
+                                             state.inner_opt_state),
+                acc_grads=jax.tree.map(
+                    lambda a, old: pick(skip, old, jnp.where(emit, jnp.zeros_like(a), a)),
+                    acc, state.acc_grads),
+                skip_state=skip_state,
             ),
         )
 
+    def has_updated(self, state: Any) -> jax.Array:
+        """Whether the call that returned ``state`` applied an update (optax's test:
+        a window just closed, ``mini_step == 0`` after at least one update)."""
+        return jnp.logical_and(state.mini_step == 0, state.gradient_step > 0)
+
+    def gradient_transformation(self) -> MultiSteps:
+        """The transform itself (optax returns an ``(init, update)`` pair; this one
+        unpacks as that pair and stays a pytree)."""
+        return self
+
     def hyperparams_at(self, state):
-        return {"inner": self.inner.hyperparams_at(state.inner_opt_state),
-                "every_k": self.every_k}
+        return {"opt": self.opt.hyperparams_at(state.inner_opt_state),
+                "every_k_schedule": hp.value_at(self.every_k_schedule, state.gradient_step)}
 
     def learning_rate_factors(self, params, state, new_state):
-        return self.inner.learning_rate_factors(params, state.inner_opt_state,
-                                                new_state.inner_opt_state)
+        return self.opt.learning_rate_factors(params, state.inner_opt_state,
+                                              new_state.inner_opt_state)
 
 
-def accumulate(tx: Any, every_k: ArrayLike) -> Accumulate:
+def accumulate(tx: Any, every_k: ArrayLike) -> MultiSteps:
     """Averages gradients over ``every_k`` calls and applies ``tx`` on the last one.
 
     Calls ``1 .. k-1`` of each window return zero updates; call ``k`` feeds the mean
     of the window's ``k`` gradients to ``tx`` and returns its update, so ``k``
-    micro-batches act as one large batch (``optax.MultiSteps(tx, k)``)::
+    micro-batches act as one large batch. It is ``jt.MultiSteps(tx, every_k)``, whose
+    other options (a schedule of ``k``, a skip rule, sums) are optax's::
 
         a <- a + (g - a) / (mini_step + 1)
         u  = tx(a) if mini_step == k - 1 else 0
 
     Args:
         tx: the transform to apply to the averaged gradients (jtricks or optax).
-        every_k: gradients per update, an integer >= 1.
+        every_k: gradients per update, an integer >= 1 (or an integer array, e.g. a
+            traced one in a sweep); for a schedule use :class:`MultiSteps`.
 
     Example:
         >>> tx = jt.accumulate(jt.adam(1e-3), every_k=4)   # 4 micro-batches per step
     """
+    if is_schedule(every_k):
+        raise TypeError(
+            f"accumulate: every_k must be an integer >= 1, got the function {every_k!r}. "
+            "For a number of micro-batches that changes with the step, use "
+            "jt.MultiSteps(tx, every_k_schedule=schedule)."
+        )
     hp.check_integer("accumulate", "every_k", every_k, low=1,
                      fix="It is the number of micro-batches per update, e.g. 4.")
-    return Accumulate(inner=as_transform(tx, where="accumulate"), every_k=every_k)
+    return MultiSteps(as_transform(tx, where="accumulate"), every_k)
