@@ -34,6 +34,7 @@ from jtricks.base import (
 )
 from jtricks.hyperparams import ScheduleCountState
 from jtricks.optimizers import (
+    acprop,
     adabelief,
     adadelta,
     adafactor,
@@ -43,11 +44,23 @@ from jtricks.optimizers import (
     adamaxw,
     adamw,
     adan,
+    ademamix,
+    adopt,
     amsgrad,
+    cocob,
+    dadapt_adamw,
+    dog,
+    dowg,
+    dpsgd,
     fromage,
+    galore,
     lamb,
     lars,
+    lbfgs,
     lion,
+    madgrad,
+    momo,
+    momo_adam,
     muon,
     nadam,
     nadamw,
@@ -58,15 +71,22 @@ from jtricks.optimizers import (
     optimistic_adam_v2,
     optimistic_gradient_descent,
     polyak_sgd,
+    prodigy,
     radam,
     rmsprop,
     rprop,
+    schedule_free_adamw,
+    schedule_free_sgd,
     sgd,
     sign_sgd,
     signum,
+    simplified_ademamix,
     sm3,
+    sophia,
+    value_and_grad_from_state,
     yogi,
 )
+from jtricks.transforms.acprop import scale_by_acprop
 from jtricks.transforms.adam_variants import (
     ScaleByAmsgradState,
     ScaleByBeliefState,
@@ -89,6 +109,13 @@ from jtricks.transforms.adaptive import (
     scale_by_rss,
     scale_by_stddev,
 )
+from jtricks.transforms.ademamix import (
+    ScaleByAdemamixState,
+    ScaleBySimplifiedAdEMAMixState,
+    scale_by_ademamix,
+    scale_by_simplified_ademamix,
+)
+from jtricks.transforms.adopt import scale_by_adopt
 from jtricks.transforms.classic import (
     ScaleByAdaDeltaState,
     ScaleByNovogradState,
@@ -105,6 +132,7 @@ from jtricks.transforms.clipping import (
     clip_by_global_norm,
     normalize_by_global_norm,
 )
+from jtricks.transforms.complex import SplitRealAndImaginaryState, split_real_and_imaginary
 from jtricks.transforms.conditional import (
     ApplyIfFiniteState,
     ConditionallyMaskState,
@@ -122,17 +150,31 @@ from jtricks.transforms.constraints import (
     zero_nans,
 )
 from jtricks.transforms.decay import WeightDecaySchedule, add_decayed_weights
+from jtricks.transforms.dog import DoGState, DoWGState, scale_by_dog, scale_by_dowg
 from jtricks.transforms.ema import EmaState, ema
 from jtricks.transforms.factored import FactoredState, scale_by_factored_rms
 from jtricks.transforms.flatten import FlatParams, Flatten, flat_params, flatten
 from jtricks.transforms.freezing import freeze, named_chain, selective_transform
+from jtricks.transforms.galore import GaLoreDimensionNumbers, GaLoreState, scale_by_galore
 from jtricks.transforms.gradient_difference import (
     ScaleByAdanState,
     ScaleByOptimisticGradientState,
     scale_by_adan,
     scale_by_optimistic_gradient,
 )
+from jtricks.transforms.lbfgs import ScaleByLBFGSState, scale_by_lbfgs
+from jtricks.transforms.linesearch_backtracking import (
+    BacktrackingLinesearchInfo,
+    ScaleByBacktrackingLinesearchState,
+    scale_by_backtracking_linesearch,
+)
+from jtricks.transforms.linesearch_zoom import (
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_zoom_linesearch,
+)
 from jtricks.transforms.lookahead import LookaheadParams, LookaheadState, lookahead
+from jtricks.transforms.madgrad import MadgradState, scale_by_madgrad
 from jtricks.transforms.masking import (
     MaskedNode,
     MaskedState,
@@ -140,7 +182,9 @@ from jtricks.transforms.masking import (
     masked,
     partition,
 )
+from jtricks.transforms.mechanic import MechanicState, mechanize
 from jtricks.transforms.momentum import TraceState, trace
+from jtricks.transforms.momo import MomoAdamState, MomoState
 from jtricks.transforms.monitoring import (
     MonitorState,
     SnapshotState,
@@ -152,14 +196,36 @@ from jtricks.transforms.muon import MuonDimensionNumbers, MuonState, scale_by_mu
 from jtricks.transforms.noise import AddNoiseState, add_noise
 from jtricks.transforms.normalize import centralize, normalize_by_update_norm
 from jtricks.transforms.norms import NormsState, record_norms
+from jtricks.transforms.parameter_free import (
+    COCOBState,
+    DAdaptAdamWState,
+    ProdigyState,
+    scale_by_cocob,
+)
 from jtricks.transforms.plateau import ReduceOnPlateauState, reduce_on_plateau
+from jtricks.transforms.privacy import (
+    DifferentiallyPrivateAggregateState,
+    differentially_private_aggregate,
+)
+from jtricks.transforms.sam import NormalizeState, SAMState, normalize, sam
 from jtricks.transforms.scaling import (
     ScaleByScheduleState,
     scale,
     scale_by_learning_rate,
     scale_by_schedule,
 )
+from jtricks.transforms.schedule_free import (
+    ScheduleFreeState,
+    schedule_free,
+    schedule_free_eval_params,
+)
 from jtricks.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign
+from jtricks.transforms.sophia import (
+    HutchinsonState,
+    SophiaState,
+    hutchinson_estimator_diag_hessian,
+    scale_by_sophia,
+)
 from jtricks.transforms.step_size import (
     ScaleByDistanceOverGradientsState,
     scale_by_distance_over_gradients,
@@ -173,9 +239,21 @@ from jtricks.transforms.trust_ratio import (
 )
 from jtricks.transforms.wrappers import (
     AccumulateState,
+    MultiSteps,
+    MultiStepsState,
+    ShouldSkipUpdateFunction,
     SkipNonfiniteState,
     accumulate,
     skip_nonfinite,
 )
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ``jt.flax`` without importing flax at ``import jtricks``: flax is optional.
+    if name == "flax":
+        import importlib
+
+        return importlib.import_module("jtricks.flax")
+    raise AttributeError(f"module 'jtricks' has no attribute {name!r}")
