@@ -43,6 +43,12 @@ EXPECTED = {
     "averaging/index.html": ["jtricks.averaging.ema", "jtricks.averaging.swa"],
     "train/index.html": ["jtricks.train.step.make_step", "jtricks.train.loop.fit",
                          "jtricks.train.early_stopping.EarlyStopping"],
+    "catalogue/second_order/index.html": ["jtricks.optimizers.lbfgs.lbfgs",
+                                          "jtricks.transforms.sophia.scale_by_sophia"],
+    "catalogue/parameter_free/index.html": ["jtricks.optimizers.parameter_free.prodigy"],
+    "catalogue/wrappers/index.html": ["jtricks.transforms.schedule_free.schedule_free",
+                                      "jtricks.transforms.sam.sam"],
+    "flax/index.html": ["jtricks.flax.Optimizer", "jtricks.flax.TrainState"],
     "diagnostics/index.html": ["jtricks.diagnostics.report.report",
                                "jtricks.diagnostics.stats.leaf_norms"],
 }
