@@ -61,10 +61,29 @@ class Schedule(Struct):
 
     The schedules themselves live in :mod:`jtricks.schedules`; the base is here because
     every hyperparameter may be one, so the protocol needs to recognise it.
+
+    ``a * b`` (two schedules) and ``2.0 * a`` (a number and a schedule) build the
+    product schedule :class:`jtricks.schedules.Product`.
     """
+
+    # Set by jtricks.schedules.compose on import (it imports this module, so the
+    # product cannot be imported here): ``(a, b) -> a * b`` or NotImplemented.
+    _product = None
+    # NumPy scalars and arrays defer ``np.float32(2) * schedule`` to __rmul__.
+    __array_ufunc__ = None
 
     def __call__(self, count: jax.Array) -> jax.Array:
         raise NotImplementedError
+
+    def __mul__(self, other: Any) -> Any:
+        if Schedule._product is None:
+            return NotImplemented
+        return Schedule._product(self, other)
+
+    def __rmul__(self, other: Any) -> Any:
+        if Schedule._product is None:
+            return NotImplemented
+        return Schedule._product(other, self)
 
 
 class FunctionSchedule(Schedule):
@@ -114,6 +133,24 @@ class LrFactor(NamedTuple):
     coverage: Any = None
 
 
+def _placing_state(init: Callable) -> Callable:
+    """``init`` whose state lives on the params' mesh: the leaves it built from the
+    params keep their shardings, and what it built from nothing (counts, scales, keys,
+    small statistics) is replicated over the same mesh rather than left on one device.
+    One rule for every transform, so none can forget it; a no-op off a mesh and under
+    tracing."""
+
+    def init_on_params_mesh(self, params):
+        return jtree.replicated_like(params, init(self, params), only_unplaced=True)
+
+    init_on_params_mesh.__name__ = init.__name__
+    init_on_params_mesh.__qualname__ = init.__qualname__
+    init_on_params_mesh.__doc__ = init.__doc__
+    init_on_params_mesh.__wrapped__ = init
+    init_on_params_mesh._placed = True
+    return init_on_params_mesh
+
+
 class Transform(Struct):
     """A gradient transformation: ``init(params) -> state`` and
     ``update(updates, state, params=None, **extra) -> (updates, state)``.
@@ -123,6 +160,12 @@ class Transform(Struct):
     values before building the dataclass; the class itself never validates, so it
     can be rebuilt from tracers by ``jit``/``vmap``.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("init")
+        if init is not None and not getattr(init, "_placed", False):
+            cls.init = _placing_state(init)
 
     def init(self, params: Params) -> OptState:
         raise NotImplementedError

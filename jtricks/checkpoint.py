@@ -18,8 +18,27 @@ Why this format: the runtime dependency of jtricks is ``jax`` alone, so
 dependencies; a pickle is unsafe to load. An npz is readable everywhere, and the
 manifest lets :func:`restore` name the first path whose structure, shape or dtype
 differs from the template, and check every byte (zip CRC-32 plus a SHA-256 per
-leaf) before anything is returned. For multi-host, sharded or very large models use
-orbax; this format gathers every leaf on the host.
+leaf) before anything is returned.
+
+Sharded state: :func:`save` gathers every leaf whole onto the host (so the host
+must hold the whole state), and :func:`restore` returns arrays on the default
+device, not on a mesh (``jax.device_put`` them back, e.g. with
+``jax.tree.map(lambda x: x.sharding, state)`` of a fresh ``step.init``). It cannot
+save a multi-process state (each process sees only its own shards). For sharded or
+multi-host runs use orbax (``pip install "jtricks[orbax]"``), which writes each
+shard from the device that holds it and restores the same
+:class:`~jtricks.train.TrainState` with its shardings::
+
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath("checkpoints/120")
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, state)
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                       sharding=x.sharding),
+                        step.init(params, key))
+    with ocp.StandardCheckpointer() as ckptr:
+        state = ckptr.restore(path, like)
 
 Writes are atomic: the archive goes to a temporary file in the target directory,
 is flushed and ``fsync``-ed, renamed over the target with ``os.replace`` and the

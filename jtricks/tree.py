@@ -23,6 +23,9 @@ __all__ = [
     "map_with_path",
     "map_checked",
     "zeros_like",
+    "full_like",
+    "scalar",
+    "replicated_like",
     "acc_dtype",
     "abs_sq",
     "norm",
@@ -188,8 +191,70 @@ def _shape_error(where: str, names: Sequence[str], trees: Sequence[PyTree],
 
 
 def zeros_like(tree: PyTree, dtype: Any = None) -> PyTree:
-    """Zeros shaped like each leaf, in ``dtype`` (default: the leaf's own dtype)."""
-    return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), dtype or jnp.result_type(x)), tree)
+    """Zeros shaped and placed like each leaf, in ``dtype`` (default: the leaf's own).
+
+    A leaf sharded over a mesh gives zeros with the same sharding (eagerly, and under
+    ``jit`` inside ``jax.set_mesh`` for meshes with explicit axes), so an optimizer
+    state built from it never lands whole on one device.
+    """
+    return jax.tree.map(lambda x: jnp.zeros_like(x, dtype or jnp.result_type(x)), tree)
+
+
+def full_like(tree: PyTree, value: Any, dtype: Any = None) -> PyTree:
+    """``value`` shaped and placed like each leaf (see :func:`zeros_like`)."""
+    return jax.tree.map(lambda x: jnp.full_like(x, value, dtype or jnp.result_type(x)),
+                        tree)
+
+
+def _placement(like: PyTree) -> jax.sharding.Sharding | None:
+    """Where a scalar of a state built from ``like`` belongs: replicated over the mesh
+    of ``like``'s first sharded leaf, on the device of a leaf committed to one device,
+    or ``None`` (no concrete placed leaf: tracing, or default placement)."""
+    single = None
+    for x in jax.tree.leaves(like):
+        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+            continue
+        sharding = x.sharding
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        if single is None and getattr(x, "_committed", False) and len(sharding.device_set) == 1:
+            single = sharding
+    return single
+
+
+def replicated_like(like: PyTree, tree: PyTree, *, only_unplaced: bool = False) -> PyTree:
+    """``tree``'s arrays replicated over the mesh ``like``'s leaves are sharded on.
+
+    For state that is not shaped like a parameter (step counts, loss scales, the
+    small statistics of factored optimizers): whole on every device of the params'
+    mesh, never on one device only. Unchanged when ``like`` is not placed on a mesh
+    or a device (plain single-device use, or while tracing). With ``only_unplaced``,
+    only the arrays not already sharded over a mesh move (and only onto a mesh).
+    """
+    where = _placement(like)
+    if where is None:
+        return tree
+    if only_unplaced:
+        if not isinstance(where, jax.sharding.NamedSharding):
+            return tree
+
+        def place(x):
+            if (isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+                    and not isinstance(x.sharding, jax.sharding.NamedSharding)):
+                return jax.device_put(x, where)
+            return x
+
+        return jax.tree.map(place, tree)
+    return jax.tree.map(lambda x: jax.device_put(x, where), tree)
+
+
+def scalar(value: Any, dtype: Any, like: PyTree = None) -> jax.Array:
+    """A 0-d ``dtype`` array of ``value``, replicated where ``like`` lives.
+
+    Example:
+        >>> count = jtree.scalar(0, jnp.int32, like=params)  # an optimizer's step count
+    """
+    return replicated_like(like, jnp.asarray(value, dtype))
 
 
 def acc_dtype(*xs: Any) -> Any:

@@ -31,7 +31,9 @@ from jtricks.transforms.muon import MuonDimensionNumbers, MuonState, scale_by_mu
 
 STEPS = 60
 TIGHT = {"rtol": 1e-5, "atol": 1e-6}
-LOOSE = {"rtol": 1e-4, "atol": 2e-5}
+# AOL's extra normalisation amplifies rounding through the Newton-Schulz steps: with the
+# suite's compile options (tests/conftest.py) a few of 720 entries differ by ~3e-5.
+LOOSE = {"rtol": 1e-4, "atol": 5e-5}
 TWINS = [(muon, optax.contrib.muon), (scale_by_muon, optax.contrib.scale_by_muon)]
 # Compile time is the budget here (every row unrolls its iterations for every leaf):
 # the restore and bf16 checks run on the rows that differ structurally; the table in

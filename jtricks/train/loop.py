@@ -14,9 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jtricks import sharding as jsharding
 from jtricks import tree as jtree
 from jtricks.base import Transform
 from jtricks.train.early_stopping import EarlyStopper
+from jtricks.train.placement import constrain, onto_mesh
 from jtricks.train.state import TrainState
 from jtricks.train.step import Step, step_body
 
@@ -58,7 +60,7 @@ def _watch(es: EarlyStopper, es_state: Any, state: TrainState, train: dict,
 def _epoch(state: TrainState, es_state: Any, train_data: PyTree, eval_data: PyTree,
            key: jax.Array, tx: Transform, averaging: Any, es: EarlyStopper | None, *,
            loss_fn: Callable, eval_fn: Callable | None, batch_size: int,
-           monitor: str | None):
+           monitor: str | None, layout: Any = None):
     """One epoch: ``(state, es_state, train_metrics, eval_metrics, stop)``.
 
     ``stop`` is a separate copy of the early-stopping flag, so the host can read it
@@ -69,8 +71,11 @@ def _epoch(state: TrainState, es_state: Any, train_data: PyTree, eval_data: PyTr
     perm = jax.random.permutation(jax.random.fold_in(key, state.step), n)
     idx = perm[: num_batches * batch_size].reshape(num_batches, batch_size)
     batches = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), train_data)
+    if layout is not None:  # each step's batch split over the data axis
+        split = layout.batch_sharding(leading=1)
+        batches = constrain(batches, jax.tree.map(lambda _: split, batches))
     state, step_metrics = jax.lax.scan(
-        lambda s, b: step_body(s, b, tx, averaging, loss_fn), state, batches)
+        lambda s, b: step_body(s, b, tx, averaging, loss_fn, layout), state, batches)
     train = {k: jnp.mean(v.astype(jnp.float32), axis=0) for k, v in step_metrics.items()}
     evaluated = {} if eval_fn is None else _evaluate(state, eval_data, averaging, eval_fn)
     stop = jnp.asarray(False)
@@ -81,7 +86,7 @@ def _epoch(state: TrainState, es_state: Any, train_data: PyTree, eval_data: PyTr
     return state, es_state, train, evaluated, stop
 
 
-_EPOCH_STATIC = ("loss_fn", "eval_fn", "batch_size", "monitor")
+_EPOCH_STATIC = ("loss_fn", "eval_fn", "batch_size", "monitor", "layout")
 _jit_epoch = jax.jit(_epoch, static_argnames=_EPOCH_STATIC, donate_argnums=(0, 1))
 # With early stopping the state is not donated: epoch e + 1 is queued before epoch e's
 # stop flag is read, and if it is set, epoch e's state is the one returned. (Once
@@ -135,6 +140,38 @@ def _check_args(step: Any, state: Any, train_data: PyTree, batch_size: Any, epoc
             f"fit: batch_size={batch_size} is larger than the {n} training examples; "
             "use a smaller batch."
         )
+
+
+def _fit_layout(step: Step, mesh: Any, batch_size: int) -> Any:
+    if mesh is not None and mesh is not step.mesh and mesh != step.mesh:
+        raise ValueError(
+            "fit: mesh differs from the step's mesh; build the step with "
+            "jt.train.make_step(..., mesh=mesh) and call fit without mesh (or the same one)."
+        )
+    if step.mesh is None:
+        return None
+    if step.layout is None:
+        raise ValueError("fit: a step on a mesh needs its state from step.init.")
+    size = jsharding.check_axis(step.mesh, step.data_axis, "fit")
+    if batch_size % size:
+        raise ValueError(
+            f"fit: batch_size={batch_size} does not divide by the {size} devices on mesh "
+            f"axis {step.data_axis!r}; use a multiple of {size}."
+        )
+    return step.layout
+
+
+def _place_data(data: PyTree, layout: Any) -> PyTree:
+    """The data on the device (one device), or whole on every device of the mesh
+    (assembled from each process's part in a multi-process run)."""
+    if data is None or layout is None:
+        return jax.device_put(data)
+    rep = jsharding.replicated(layout.mesh)
+    if jax.process_count() > 1:
+        data = jsharding.shard_batch(data, layout.mesh, layout.data_axis)
+        with jsharding.use_mesh(layout.mesh):
+            return jax.jit(lambda d: d, out_shardings=rep)(data)
+    return jax.device_put(data, rep)
 
 
 # --- the host side: history, progress, the epoch loop ----------------------------------
@@ -234,7 +271,7 @@ def fit(step: Step, state: TrainState, train_data: PyTree, *, batch_size: int, e
         early_stopping: EarlyStopper | None = None, monitor: str = "loss",
         progress: bool = False,
         callback: Callable[[int, TrainState, dict], Any] | None = None,
-        ) -> tuple[TrainState, dict]:
+        mesh: Any = None) -> tuple[TrainState, dict]:
     """Trains for up to ``epochs`` epochs, each epoch one compiled program on device.
 
     Each epoch: the examples are permuted with ``fold_in(key, state.step)`` (on
@@ -267,6 +304,13 @@ def fit(step: Step, state: TrainState, train_data: PyTree, *, batch_size: int, e
             Resuming ``fit`` from a checkpoint saved there repeats the same shuffles
             and dropout masks (both are keyed by ``state.step``); the early-stopping
             counters start afresh.
+        mesh: the step's mesh (the default; a step built with
+            ``make_step(..., mesh=...)`` runs on it). On a mesh the data is placed on
+            every device once, and each step's batch (``batch_size`` must divide by
+            the data axis's size) is split over the data axis: the same numbers as
+            one device. In a multi-process run each process passes its own part of
+            ``train_data`` and ``eval_data`` (as :func:`jtricks.sharding.shard_batch`
+            describes).
 
     Returns:
         ``(state, history)``. With ``early_stopping.restore_best`` the returned
@@ -284,21 +328,26 @@ def fit(step: Step, state: TrainState, train_data: PyTree, *, batch_size: int, e
     """
     _check_args(step, state, train_data, batch_size, epochs, eval_data, eval_fn,
                 early_stopping)
-    # Put the data on the device once, not once per epoch.
-    train_data = jax.device_put(train_data)
-    eval_data = jax.device_put(eval_data)
+    layout = _fit_layout(step, mesh, batch_size)
+    # Put the data on the device(s) once, not once per epoch.
+    train_data = _place_data(train_data, layout)
+    eval_data = _place_data(eval_data, layout)
     step.check_batch(jax.tree.map(
         lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), train_data),
         where="fit")
     es = early_stopping
     es_state = None if es is None else es.init(
         (state.params, state.model_state, state.averages) if es.restore_best else None)
+    if layout is not None and es_state is not None:
+        es_state = onto_mesh(es_state, layout.mesh)
     jitted = _jit_epoch if es is None or callback is not None else _jit_epoch_keep
 
     def run(state, es_state):
-        return jitted(state, es_state, train_data, eval_data, key, step.tx, step.averaging,
-                      es, loss_fn=step.loss_fn, eval_fn=eval_fn, batch_size=int(batch_size),
-                      monitor=monitor if es is not None else None)
+        with jsharding.use_mesh(None if layout is None else layout.mesh):
+            return jitted(state, es_state, train_data, eval_data, key, step.tx,
+                          step.averaging, es, loss_fn=step.loss_fn, eval_fn=eval_fn,
+                          batch_size=int(batch_size),
+                          monitor=monitor if es is not None else None, layout=layout)
 
     history = _History(epochs, progress, watching=es is not None)
     try:

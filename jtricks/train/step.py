@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtricks import hyperparams as hp
+from jtricks import sharding as jsharding
 from jtricks import tree as jtree
 from jtricks.base import Transform, apply_updates, as_transform
+from jtricks.train.placement import Layout, build_layout, place_state
 from jtricks.train.state import TrainState
 
 __all__ = ["RESERVED_METRICS", "Step", "make_step", "step_body"]
@@ -74,11 +76,16 @@ def _check_model_state(old: PyTree, new: PyTree) -> None:
 
 
 def step_body(state: TrainState, batch: PyTree, tx: Transform, averaging: Any,
-              loss_fn: Callable) -> tuple[TrainState, dict]:
-    """One optimizer step as a pure function (jitted, scanned or vmapped by callers)."""
+              loss_fn: Callable, layout: Layout | None = None) -> tuple[TrainState, dict]:
+    """One optimizer step as a pure function (jitted, scanned or vmapped by callers).
+
+    ``layout`` (static) says how a step on a mesh constrains the params the loss
+    sees (gathered under FSDP) and the gradients (split like the params)."""
     key = jax.random.fold_in(state.key, state.step)
 
     def objective(params):
+        if layout is not None:
+            params = layout.for_loss(params)
         loss, model_state, metrics = _loss_parts(
             loss_fn(params, state.model_state, batch, key))
         _check_model_state(state.model_state, model_state)
@@ -86,9 +93,17 @@ def step_body(state: TrainState, batch: PyTree, tx: Transform, averaging: Any,
 
     (loss, (model_state, aux)), grads = jax.value_and_grad(objective, has_aux=True)(
         state.params)
+    if layout is not None:
+        grads = layout.like_params(grads)
     # `value` feeds reduce_on_plateau; transforms that do not use it ignore it.
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
+    if layout is None:
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
+    else:
+        updates, opt_state = layout.update(tx, grads, state.opt_state, state.params,
+                                           value=loss)
     params = apply_updates(state.params, updates)
+    if layout is not None:  # ZeRO-1: updates come split like the state; params do not
+        params = layout.like_params(params)
     grad_norm = jtree.global_norm(grads, overflow_safe=True)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # A non-finite step must not poison the running statistics either (the params
@@ -104,7 +119,7 @@ def step_body(state: TrainState, batch: PyTree, tx: Transform, averaging: Any,
                       model_state=model_state, key=state.key, averages=averages), metrics
 
 
-_jit_step = jax.jit(step_body, static_argnames=("loss_fn",), donate_argnums=(0,))
+_jit_step = jax.jit(step_body, static_argnames=("loss_fn", "layout"), donate_argnums=(0,))
 
 
 def _batch_spec(batch: PyTree) -> tuple:
@@ -146,10 +161,13 @@ class Step:
     """A jitted training step; build it with :func:`make_step`.
 
     ``step(state, batch) -> (state, metrics)``; the input state is donated (its
-    buffers are reused), so keep only the returned one.
+    buffers are reused), so keep only the returned one. With a ``mesh`` the step is
+    data-parallel: see :func:`make_step`.
     """
 
-    def __init__(self, loss_fn: Callable, tx: Any, averaging: Any = None):
+    def __init__(self, loss_fn: Callable, tx: Any, averaging: Any = None, *,
+                 mesh: Any = None, data_axis: str = "data", zero: bool = False,
+                 param_sharding: Any = None):
         if not callable(loss_fn):
             raise TypeError(
                 f"make_step: loss_fn must be a function (params, model_state, batch, key) "
@@ -165,9 +183,32 @@ class Step:
         self.tx = as_transform(tx, where="make_step")
         self.averaging = averaging
         self._first_batch: tuple | None = None
+        self.mesh, self.data_axis, self.zero = mesh, data_axis, bool(zero)
+        self.param_sharding = param_sharding
+        self.layout: Layout | None = None
+        self._jit: Callable | None = None
+        if mesh is None and (zero or param_sharding is not None):
+            raise ValueError(
+                f"make_step: zero={zero!r} / param_sharding={param_sharding!r} need a "
+                "mesh; pass mesh=jax.make_mesh((n,), ('data',))."
+            )
+        if mesh is not None:
+            jsharding.check_axis(mesh, data_axis, "make_step")
 
     def init(self, params: PyTree, key: jax.Array, model_state: PyTree = None) -> TrainState:
-        """A fresh :class:`TrainState` at step 0 for ``params`` and the base ``key``."""
+        """A fresh :class:`TrainState` at step 0 for ``params`` and the base ``key``.
+
+        On a mesh, the params are placed as ``param_sharding`` says, the optimizer
+        state follows them (ZeRO-1 with ``zero``) and the step, key and
+        ``model_state`` are replicated. Every leaf is a copy: the caller's arrays
+        stay valid after the state is donated to a step.
+        """
+        if self.mesh is not None:
+            self.layout = build_layout(params, self.mesh, self.data_axis,
+                                       self.param_sharding)
+            self._jit = None
+            return place_state(self.layout, self.tx, self.averaging, self.zero, params,
+                               _check_key(key), model_state)
         state = TrainState(
             step=jnp.zeros([], jnp.int32),
             params=params,
@@ -199,15 +240,34 @@ class Step:
                 f"step: state must be a jt.train.TrainState (from step.init), got "
                 f"{type(state).__name__}."
             )
+        if self.mesh is None:
+            self.check_batch(batch)
+            return _jit_step(state, batch, self.tx, self.averaging, loss_fn=self.loss_fn)
+        if self.layout is None:
+            raise ValueError("step: a step on a mesh needs its state from step.init.")
+        batch = jsharding.shard_batch(batch, self.mesh, self.data_axis)
         self.check_batch(batch)
-        return _jit_step(state, batch, self.tx, self.averaging, loss_fn=self.loss_fn)
+        with jsharding.use_mesh(self.mesh):
+            return self._compiled(state)(state, batch, self.tx, self.averaging,
+                                         loss_fn=self.loss_fn, layout=self.layout)
+
+    def _compiled(self, state: TrainState) -> Callable:
+        """The step jitted with the state's shardings as its outputs' (built once)."""
+        if self._jit is None:
+            shardings = jax.tree.map(lambda x: x.sharding, state)
+            rep = jsharding.replicated(self.mesh)
+            self._jit = jax.jit(step_body, static_argnames=("loss_fn", "layout"),
+                                donate_argnums=(0,), out_shardings=(shardings, rep))
+        return self._jit
 
     def eval_params(self, state: TrainState) -> PyTree:
         """The params to evaluate: the average when ``averaging`` is set, else ``params``."""
         if self.averaging is None:
             return state.params
         return self.averaging.value(state.averages, like=state.params)
-def make_step(loss_fn: Callable, tx: Any, *, averaging: Any = None) -> Step:
+def make_step(loss_fn: Callable, tx: Any, *, averaging: Any = None, mesh: Any = None,
+              data_axis: str = "data", zero: bool = False,
+              param_sharding: Any = None) -> Step:
     """Builds a jitted, donated training step.
 
     Step ``t`` (0-based, ``t = state.step``) does::
@@ -239,11 +299,29 @@ def make_step(loss_fn: Callable, tx: Any, *, averaging: Any = None) -> Step:
     The optimizer's hyperparameters are passed to the compiled step as data, so
     steps built from ``jt.adam(1e-3)`` and ``jt.adam(3e-4)`` share one compilation.
 
+    **On many devices** (``mesh=``): ``step.init`` places the params (replicated by
+    default; ``param_sharding="fsdp"`` splits each over ``data_axis`` along its
+    largest dimension divisible by the axis size, and the loss sees them gathered;
+    or a tree of ``PartitionSpec`` for tensor parallelism), the optimizer state
+    following them (``zero=True``: ZeRO-1, also split over ``data_axis``; see
+    :func:`jtricks.sharding.state_shardings`) and the step, key and ``model_state``
+    replicated. ``step(state, batch)`` splits the batch over ``data_axis``
+    (:func:`jtricks.sharding.shard_batch`; in a multi-process run each process
+    passes its own part, process ``i`` its slice in the mesh's device order) and
+    runs one SPMD program: the loss, gradient norms, clipping and batch statistics
+    are those of the global batch, the same numbers as one device. Outputs keep the
+    state's shardings, so step 2 reuses step 1's compilation.
+
     Args:
         loss_fn: ``(params, model_state, batch, key) -> (loss, (model_state,
             metrics))`` with a scalar ``loss``.
         tx: a jtricks transform or an optax ``GradientTransformation``.
         averaging: optional parameter averager, e.g. ``jt.averaging.ema(0.999)``.
+        mesh: a ``jax.sharding.Mesh`` for a data-parallel step, or ``None``.
+        data_axis: the mesh axis the batch (and ZeRO/FSDP state) is split over.
+        zero: ZeRO-1: split the optimizer state over ``data_axis`` too.
+        param_sharding: ``None`` (replicated), ``"fsdp"``, or a tree of
+            ``PartitionSpec`` matching the params.
 
     Returns:
         A :class:`Step`: ``step.init(params, key, model_state)`` builds the state,
@@ -260,4 +338,5 @@ def make_step(loss_fn: Callable, tx: Any, *, averaging: Any = None) -> Step:
         >>> state = step.init(params, jax.random.key(0))
         >>> state, metrics = step(state, (x, y))
     """
-    return Step(loss_fn, tx, averaging)
+    return Step(loss_fn, tx, averaging, mesh=mesh, data_axis=data_axis, zero=zero,
+                param_sharding=param_sharding)

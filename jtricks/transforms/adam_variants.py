@@ -54,7 +54,7 @@ def _first_moment_hat(b1: Any, count: jax.Array, nesterov: bool):
 
 def _adam_init(where: str, params: Any, mu_dtype: Any = None) -> ScaleByAdamState:
     hp.check_float_params(where, params)
-    return ScaleByAdamState(count=jnp.zeros([], jnp.int32),
+    return ScaleByAdamState(count=jtree.scalar(0, jnp.int32, params),
                             mu=jtree.zeros_like(params, mu_dtype),
                             nu=jtree.zeros_like(params))
 
@@ -92,7 +92,7 @@ class ScaleByAmsgrad(Transform):
     def init(self, params):
         hp.check_float_params("scale_by_amsgrad", params)
         return ScaleByAmsgradState(
-            count=jnp.zeros([], jnp.int32), mu=jtree.zeros_like(params, self.mu_dtype),
+            count=jtree.scalar(0, jnp.int32, params), mu=jtree.zeros_like(params, self.mu_dtype),
             nu=jtree.zeros_like(params), nu_max=jtree.zeros_like(params))
 
     def update(self, updates, state, params=None, **extra):
@@ -227,7 +227,7 @@ class ScaleByBelief(Transform):
 
     def init(self, params):
         hp.check_float_params("scale_by_belief", params)
-        return ScaleByBeliefState(count=jnp.zeros([], jnp.int32),
+        return ScaleByBeliefState(count=jtree.scalar(0, jnp.int32, params),
                                   mu=jtree.zeros_like(params), nu=jtree.zeros_like(params))
 
     def update(self, updates, state, params=None, **extra):
@@ -295,11 +295,9 @@ class ScaleByYogi(Transform):
         hp.check_float_params("scale_by_yogi", params)
         value = self.initial_accumulator_value
 
-        def full(p):
-            return jnp.full(jnp.shape(p), value, jnp.result_type(p))
-
-        return ScaleByAdamState(count=jnp.zeros([], jnp.int32),
-                                mu=jax.tree.map(full, params), nu=jax.tree.map(full, params))
+        return ScaleByAdamState(count=jtree.scalar(0, jnp.int32, params),
+                                mu=jtree.full_like(params, value),
+                                nu=jtree.full_like(params, value))
 
     def update(self, updates, state, params=None, **extra):
         del params, extra

@@ -51,7 +51,7 @@ class ScaleByAdam(Transform):
     def init(self, params):
         hp.check_float_params("scale_by_adam", params)
         return ScaleByAdamState(
-            count=jnp.zeros([], jnp.int32),
+            count=jtree.scalar(0, jnp.int32, params),
             mu=jtree.zeros_like(params, self.mu_dtype),
             nu=jtree.zeros_like(params, self.nu_dtype),
         )
@@ -137,7 +137,7 @@ def scale_by_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, eps_root: Any
 
 def _full_like(params: Any, value: Any) -> Any:
     """``value`` broadcast to each leaf of ``params``, in the leaf's dtype."""
-    return jax.tree.map(lambda p: jnp.full(jnp.shape(p), value, jnp.result_type(p)), params)
+    return jtree.full_like(params, value)
 
 
 class ScaleByRssState(NamedTuple):
@@ -253,7 +253,8 @@ class ScaleByRms(Transform):
     def init(self, params):
         hp.check_float_params(self._name(), params)
         mu = jtree.zeros_like(params) if self.centered else None
-        state = self._state(jnp.zeros([], jnp.int32), mu, _full_like(params, self.initial_scale))
+        state = self._state(jtree.scalar(0, jnp.int32, params), mu,
+                            _full_like(params, self.initial_scale))
         # A debiased state counts already; any other counts only for a schedule.
         return state if self.bias_correction else hp.with_count(self, state)
 

@@ -52,7 +52,7 @@ def map_with_blocks(fn: Any, updates: Any, shaped: tuple, per_block: tuple, *,
 
 def _full_like(params: Any, value: Any) -> Any:
     """``value`` broadcast to each leaf of ``params``, in the leaf's dtype."""
-    return jax.tree.map(lambda p: jnp.full(jnp.shape(p), value, jnp.result_type(p)), params)
+    return jtree.full_like(params, value)
 
 
 # --- Adadelta -----------------------------------------------------------------------
@@ -267,8 +267,9 @@ class ScaleBySM3(Transform):
                     "parameter needs at least one axis and a real dtype. Reshape scalars "
                     "to (1,), or give them another optimizer with jt.partition."
                 )
-        mu = jax.tree.map(lambda p: [jnp.zeros((n,), jnp.result_type(p)) for n in p.shape],
-                          params)
+        # One small accumulator per axis: replicated over the params' mesh.
+        mu = jtree.replicated_like(params, jax.tree.map(
+            lambda p: [jnp.zeros((n,), jnp.result_type(p)) for n in p.shape], params))
         return hp.with_count(self, ScaleBySM3State(mu=mu, nu=jtree.zeros_like(params)))
 
     def update(self, updates, state, params=None, **extra):
@@ -339,9 +340,9 @@ class ScaleByNovograd(Transform):
     def init(self, params):
         hp.check_float_params("scale_by_novograd", params)
         return ScaleByNovogradState(
-            count=jnp.zeros([], jnp.int32),
+            count=jtree.scalar(0, jnp.int32, params),
             mu=jtree.zeros_like(params, self.mu_dtype),
-            nu=jax.tree.map(lambda p: jnp.zeros((), jnp.result_type(p)), params),
+            nu=jax.tree.map(lambda p: jtree.scalar(0, jnp.result_type(p), params), params),
         )
 
     def update(self, updates, state, params=None, **extra):

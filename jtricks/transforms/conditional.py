@@ -125,7 +125,7 @@ class Conditional(Transform):
         return ConditionallyTransformState(inner_state=inner_state, step=step)
 
     def init(self, params):
-        return self._state(jnp.zeros([], jnp.int32), self.inner.init(params))
+        return self._state(jtree.scalar(0, jnp.int32, params), self.inner.init(params))
 
     def update(self, updates, state, params=None, **extra):
         kwargs = extra if self.forward_extra_args else {}

@@ -39,7 +39,8 @@ class ZeroNans(Transform):
     """Replaces NaNs by zeros; see :func:`zero_nans`."""
 
     def init(self, params):
-        return ZeroNansState(found_nan=jax.tree.map(lambda _: jnp.asarray(False), params))
+        return ZeroNansState(found_nan=jax.tree.map(
+            lambda _: jtree.scalar(False, jnp.bool_, params), params))
 
     def update(self, updates, state, params=None, **extra):
         del params, extra

@@ -32,9 +32,8 @@ class AddDecayedWeights(Transform):
     weight_decay: Any
 
     def init(self, params):
-        del params
         if hp.is_schedule(self.weight_decay):
-            return WeightDecaySchedule(count=jnp.zeros([], jnp.int32))
+            return WeightDecaySchedule(count=jtree.scalar(0, jnp.int32, params))
         return EmptyState()
 
     def update(self, updates, state, params=None, **extra):

@@ -35,7 +35,7 @@ class Ema(Transform):
 
     def init(self, params):
         hp.check_float_params("ema", params)
-        return EmaState(count=jnp.zeros([], jnp.int32),
+        return EmaState(count=jtree.scalar(0, jnp.int32, params),
                         ema=jtree.zeros_like(params, self.accumulator_dtype))
 
     def update(self, updates, state, params=None, **extra):

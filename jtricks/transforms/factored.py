@@ -49,7 +49,15 @@ def _factored_axes(shape: tuple[int, ...], factored: bool,
 
 
 def _without_axis(x: Any, axis: int) -> jax.Array:
-    """Zeros shaped (and sharded) like ``x`` reduced over ``axis``."""
+    """Zeros shaped like ``x`` reduced over ``axis``, sharded like ``x`` over the
+    remaining axes (a parameter sharded on a mesh keeps its statistics there)."""
+    sharding = getattr(x, "sharding", None) if not isinstance(x, jax.core.Tracer) else None
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        spec = list(sharding.spec) + [None] * (jnp.ndim(x) - len(sharding.spec))
+        del spec[axis]
+        shape = tuple(np.delete(np.shape(x), axis))
+        reduced = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+        return jnp.zeros(shape, jnp.result_type(x), device=reduced)
     return jnp.zeros_like(jax.eval_shape(lambda y: jnp.sum(y, axis=axis), x))
 
 
@@ -91,15 +99,18 @@ class ScaleByFactoredRms(Transform):
         def leaf(p):
             dtype = jnp.result_type(p)
             axes = self._axes(jnp.shape(p))
+            # The (1,) placeholders live replicated on the params' mesh.
             if axes is None:
-                return (jnp.zeros((1,), dtype), jnp.zeros((1,), dtype),
-                        jnp.zeros(jnp.shape(p), dtype))
+                return (jtree.replicated_like(p, jnp.zeros((1,), dtype)),
+                        jtree.replicated_like(p, jnp.zeros((1,), dtype)),
+                        jnp.zeros_like(p, dtype))
             second, largest = axes
             return (_without_axis(p, largest), _without_axis(p, second),
-                    jnp.zeros((1,), dtype))
+                    jtree.replicated_like(p, jnp.zeros((1,), dtype)))
 
         v_row, v_col, v = jtree.unzip3(params, jax.tree.map(leaf, params))
-        return FactoredState(count=jnp.zeros([], jnp.int32), v_row=v_row, v_col=v_col, v=v)
+        return FactoredState(count=jtree.scalar(0, jnp.int32, params), v_row=v_row,
+                             v_col=v_col, v=v)
 
     def update(self, updates, state, params=None, **extra):
         # Only the shapes of the parameters matter, and those are the updates': unlike

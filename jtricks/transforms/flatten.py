@@ -188,6 +188,14 @@ def flatten(inner: Any, *, max_size: int | None = DEFAULT_MAX_SIZE) -> Flatten:
     or at the tree's structure (a mask or ``partition``) would see the flat vectors
     instead, so keep those outside the wrapper.
 
+    Under sharding, the flat vectors are not shaped like any parameter, so they do
+    not follow the params' shardings: :func:`jtricks.sharding.state_shardings` (and
+    ``make_step(mesh=...)``) keep them replicated on the params' mesh, whole on every
+    device, and ZeRO-1 does not split them. The larger leaves keep their parameter's
+    sharding. They hold only leaves of at most ``max_size`` elements, which is
+    cheap to replicate; for a model that only fits sharded, leave its big arrays
+    outside the flat part (the default ``max_size`` does).
+
     Args:
         inner: a jtricks transform or an optax ``GradientTransformation``.
         max_size: leaves with more elements keep their own arrays (static);

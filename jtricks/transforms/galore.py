@@ -170,10 +170,14 @@ class ScaleByGaLore(Transform):
                     "projection is defined for real matrices. Give complex leaves None in "
                     "weight_dimension_numbers."
                 )
-            projectors.append(jnp.zeros((0, 0) if plan is None else plan.projector_shape(),
-                                        dtype))
-            proxies.append(jnp.zeros(jnp.shape(x) if plan is None else plan.low_rank_shape(),
-                                     dtype))
+            shape = (0, 0) if plan is None else plan.projector_shape()
+            # Shaped like the leaf (full rank), it is placed like the leaf, as
+            # jt.sharding.state_shardings places every params-shaped state leaf.
+            projectors.append(jnp.zeros_like(x, dtype) if shape == jnp.shape(x)
+                              else jnp.zeros(shape, dtype))
+            # An unprojected leaf's proxy is shaped (and sharded) like the leaf.
+            proxies.append(jnp.zeros_like(x, dtype) if plan is None
+                           else jnp.zeros(plan.low_rank_shape(), dtype))
         return GaLoreState(count=jnp.zeros([], jnp.int32),
                            base_optimizer_state=self.base_optimizer.init(
                                treedef.unflatten(proxies)),

@@ -49,7 +49,7 @@ class ScaleByAdan(Transform):
         hp.check_float_params("scale_by_adan", params)
         return ScaleByAdanState(m=jtree.zeros_like(params), v=jtree.zeros_like(params),
                                 n=jtree.zeros_like(params), g=jtree.zeros_like(params),
-                                t=jnp.zeros([], jnp.int32))
+                                t=jtree.scalar(0, jnp.int32, params))
 
     def update(self, updates, state, params=None, **extra):
         del params, extra
@@ -127,7 +127,8 @@ class ScaleByOptimisticGradient(Transform):
     def init(self, params):
         hp.check_float_params("scale_by_optimistic_gradient", params)
         state = ScaleByOptimisticGradientState(
-            is_initial_step=jnp.array(True), previous_gradient=jtree.zeros_like(params))
+            is_initial_step=jtree.scalar(True, jnp.bool_, params),
+            previous_gradient=jtree.zeros_like(params))
         return hp.with_count(self, state)  # a count only for a scheduled alpha or beta
 
     def update(self, updates, state, params=None, **extra):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jtricks import hyperparams as hp
+from jtricks import tree as jtree
 from jtricks.base import Transform, as_transform, static_field
 
 __all__ = ["LookaheadState", "LookaheadParams", "Lookahead", "lookahead"]
@@ -46,7 +47,7 @@ class Lookahead(Transform):
     def init(self, params):
         fast = getattr(params, "fast", params)
         return LookaheadState(fast_state=self.fast_optimizer.init(fast),
-                              steps_since_sync=jnp.zeros([], jnp.int32))
+                              steps_since_sync=jtree.scalar(0, jnp.int32, params))
 
     def update(self, updates, state, params=None, **extra):
         if not (hasattr(params, "fast") and hasattr(params, "slow")):

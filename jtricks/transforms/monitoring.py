@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from jtricks import hyperparams as hp
+from jtricks import sharding as jsharding
+from jtricks import tree as jtree
 from jtricks.base import Chain, Stateless, Transform, as_transform, static_field
 from jtricks.transforms.ema import Ema, EmaState
 
@@ -62,7 +64,9 @@ class Snapshot(Transform):
     measure: Callable = static_field()
 
     def init(self, params):
-        return SnapshotState({self.measure_name: _as_arrays(self.measure(params))})
+        # The measure may trace (a jitted norm): meshes with explicit axes need set_mesh.
+        with jsharding.use_mesh(jsharding.mesh_of(params)):
+            return SnapshotState({self.measure_name: _as_arrays(self.measure(params))})
 
     def update(self, updates, state, params=None, **extra):
         del state, params, extra
@@ -124,9 +128,10 @@ class Monitor(Transform):
             if isinstance(m, _Measure):
                 measurements[name] = _as_arrays(m.measure(params))
             else:
-                shapes = jax.eval_shape(lambda m=m, s=s: m.update(params, s, params)[0])
-                measurements[name] = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
-                                                  shapes)
+                with jsharding.use_mesh(jsharding.mesh_of(params)):
+                    shapes = jax.eval_shape(lambda m=m, s=s: m.update(params, s, params)[0])
+                measurements[name] = jtree.replicated_like(params, jax.tree.map(
+                    lambda x: jnp.zeros(x.shape, x.dtype), shapes))
         return MonitorState(measurements, states)
 
     def update(self, updates, state, params=None, **extra):
@@ -205,10 +210,11 @@ class MeasureEma(Ema):
         return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.dtype(jnp.float32)
 
     def init(self, params):
-        shapes = jax.eval_shape(self.measure, params)
-        return EmaState(count=jnp.zeros([], jnp.int32),
-                        ema=jax.tree.map(lambda x: jnp.zeros(x.shape, self._dtype(x)),
-                                         shapes))
+        with jsharding.use_mesh(jsharding.mesh_of(params)):
+            shapes = jax.eval_shape(self.measure, params)
+        return EmaState(count=jtree.scalar(0, jnp.int32, params),
+                        ema=jtree.replicated_like(params, jax.tree.map(
+                            lambda x: jnp.zeros(x.shape, self._dtype(x)), shapes)))
 
 
 def measure_with_ema(measure: Callable[[Any], Any], decay: Any, debias: bool = True,

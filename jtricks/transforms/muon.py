@@ -193,8 +193,9 @@ class ScaleByMuon(Transform):
         coeffs = jnp.asarray(self.ns_coeffs)
         if coeffs.ndim == 2:
             coeffs = coeffs[-self.ns_steps:]
-        return MuonState(count=jnp.zeros([], jnp.int32),
-                         mu=jtree.zeros_like(params, self.mu_dtype), ns_coeffs=coeffs)
+        return MuonState(count=jtree.scalar(0, jnp.int32, params),
+                         mu=jtree.zeros_like(params, self.mu_dtype),
+                         ns_coeffs=jtree.replicated_like(params, coeffs))
 
     def update(self, updates, state, params=None, **extra):
         del params, extra

@@ -54,8 +54,8 @@ class AddNoise(Transform):
     key: Any
 
     def init(self, params):
-        del params
-        return AddNoiseState(count=jnp.zeros([], jnp.int32), rng_key=_typed_key(self.key))
+        return AddNoiseState(count=jtree.scalar(0, jnp.int32, params),
+                             rng_key=jtree.replicated_like(params, _typed_key(self.key)))
 
     def update(self, updates, state, params=None, **extra):
         del params, extra

@@ -52,13 +52,13 @@ class RecordNorms(Transform):
     def init(self, params):
         # Separate buffers for every field: a donated state must not alias itself.
         def zeros():
-            return jax.tree.map(lambda _: jnp.zeros((), jnp.float32), params)
+            return jax.tree.map(lambda _: jtree.scalar(0, jnp.float32, params), params)
 
         return NormsState(
             inner_state=self.inner.init(params),
-            grad_norm=jnp.zeros((), jnp.float32),
+            grad_norm=jtree.scalar(0, jnp.float32, params),
             grad_norms=zeros(),
-            update_norm=jnp.zeros((), jnp.float32),
+            update_norm=jtree.scalar(0, jnp.float32, params),
             update_norms=zeros(),
         )
 

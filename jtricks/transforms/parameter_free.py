@@ -303,8 +303,7 @@ class ScaleByCocob(Transform):
         return COCOBState(
             init_particles=copy_tree(params),
             cumulative_gradients=jtree.zeros_like(params),
-            scale=jax.tree.map(lambda p: jnp.full(jnp.shape(p), self.eps,
-                                                  jnp.result_type(p)), params),
+            scale=jtree.full_like(params, self.eps),
             subgradients=jtree.zeros_like(params), reward=jtree.zeros_like(params))
 
     def update(self, updates, state, params=None, **extra):

@@ -55,12 +55,12 @@ class ReduceOnPlateau(Transform):
                                   if jnp.issubdtype(jnp.result_type(x), jnp.floating)))
         worst = jnp.inf if self.mode == "min" else -jnp.inf
         def zero():  # a fresh buffer per field, so a donated state never aliases itself
-            return jnp.zeros([], jnp.int32)
+            return jtree.scalar(0, jnp.int32, params)
 
         return ReduceOnPlateauState(
-            scale=jnp.ones([], dtype), best_value=jnp.asarray(worst, dtype),
+            scale=jtree.scalar(1, dtype, params), best_value=jtree.scalar(worst, dtype, params),
             plateau_count=zero(), cooldown_count=zero(), count=zero(),
-            avg_value=jnp.zeros([], dtype),
+            avg_value=jtree.scalar(0, dtype, params),
         )
 
     def update(self, updates, state, params=None, *, value: ArrayLike | None = None,

@@ -70,8 +70,7 @@ class ScaleBySchedule(Transform):
     step_size_fn: Any
 
     def init(self, params):
-        del params
-        return ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+        return ScaleByScheduleState(count=jtree.scalar(0, jnp.int32, params))
 
     def update(self, updates, state, params=None, **extra):
         del params, extra
@@ -114,7 +113,7 @@ class ScaleByLearningRate(Transform):
     def init(self, params):
         hp.check_float_params("scale_by_learning_rate", params)
         if hp.is_schedule(self.learning_rate):
-            return ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+            return ScaleByScheduleState(count=jtree.scalar(0, jnp.int32, params))
         return EmptyState()
 
     def _rate(self, state: Any) -> Any:

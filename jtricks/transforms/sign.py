@@ -63,7 +63,7 @@ class ScaleByLion(Transform):
 
     def init(self, params):
         hp.check_float_params("scale_by_lion", params)
-        return ScaleByLionState(count=jnp.zeros([], jnp.int32),
+        return ScaleByLionState(count=jtree.scalar(0, jnp.int32, params),
                                 mu=jtree.zeros_like(params, self.mu_dtype))
 
     def update(self, updates, state, params=None, **extra):

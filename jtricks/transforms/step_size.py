@@ -126,7 +126,8 @@ class ScaleByDistanceOverGradients(Transform):
         return ScaleByDistanceOverGradientsState(
             max_dist=jax.tree.map(
                 lambda p: (rel * (1 + _l2(p))).astype(jnp.result_type(p)), params),
-            grad_sum_of_squares=jax.tree.map(lambda p: jnp.zeros(1), params),
+            grad_sum_of_squares=jtree.replicated_like(
+                params, jax.tree.map(lambda p: jnp.zeros(1), params)),
             init_params=jax.tree.map(  # a copy: never the params' own buffer
                 lambda p: jnp.array(p, dtype=self.param_dtype, copy=True), params),
         )

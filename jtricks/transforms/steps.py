@@ -33,7 +33,8 @@ class ApplyEveryTransform(Transform):
 
     def init(self, params):
         hp.check_float_params("apply_every", params)
-        return ApplyEvery(count=jnp.zeros([], jnp.int32), grad_acc=jtree.zeros_like(params))
+        return ApplyEvery(count=jtree.scalar(0, jnp.int32, params),
+                          grad_acc=jtree.zeros_like(params))
 
     def update(self, updates, state, params=None, **extra):
         del params, extra

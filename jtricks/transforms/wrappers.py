@@ -65,9 +65,9 @@ class SkipNonfinite(Transform):
 
     def init(self, params):
         # A fresh buffer per field: a donated state must not hold one array twice.
-        return SkipNonfiniteState(notfinite_count=jnp.zeros([], jnp.int32),
-                                  last_finite=jnp.asarray(True),
-                                  total_notfinite=jnp.zeros([], jnp.int32),
+        return SkipNonfiniteState(notfinite_count=jtree.scalar(0, jnp.int32, params),
+                                  last_finite=jtree.scalar(True, jnp.bool_, params),
+                                  total_notfinite=jtree.scalar(0, jnp.int32, params),
                                   inner_state=self.inner.init(params))
 
     def update(self, updates, state, params=None, **extra):
@@ -275,11 +275,11 @@ class MultiSteps(Transform):
 
     def init(self, params):
         hp.check_float_params("MultiSteps", params)
-        step = jnp.zeros([], jnp.int32)
+        step = jtree.scalar(0, jnp.int32, params)
         _, skip_state = self._skip(jtree.zeros_like(params), step, params)
         acc = jax.tree.map(
-            lambda p: jnp.zeros(jnp.shape(p), _acc_dtype(self.accumulator_dtype, p)), params)
-        return MultiStepsState(mini_step=jnp.zeros([], jnp.int32), gradient_step=step,
+            lambda p: jnp.zeros_like(p, _acc_dtype(self.accumulator_dtype, p)), params)
+        return MultiStepsState(mini_step=jtree.scalar(0, jnp.int32, params), gradient_step=step,
                                inner_opt_state=self.opt.init(params), acc_grads=acc,
                                skip_state=skip_state)
 
