@@ -15,6 +15,7 @@ from jtricks import (
     patience,
     regularization,
     schedules,
+    sharding,
     train,
     tree,
 )
@@ -59,6 +60,7 @@ from jtricks.optimizers import (
     lbfgs,
     lion,
     madgrad,
+    mars,
     momo,
     momo_adam,
     muon,
@@ -78,14 +80,17 @@ from jtricks.optimizers import (
     schedule_free_adamw,
     schedule_free_sgd,
     sgd,
+    shampoo,
     sign_sgd,
     signum,
     simplified_ademamix,
     sm3,
+    soap,
     sophia,
     value_and_grad_from_state,
     yogi,
 )
+from jtricks.param_groups import ParamGroups, param_groups
 from jtricks.transforms.acprop import scale_by_acprop
 from jtricks.transforms.adam_variants import (
     ScaleByAmsgradState,
@@ -116,6 +121,7 @@ from jtricks.transforms.ademamix import (
     scale_by_simplified_ademamix,
 )
 from jtricks.transforms.adopt import scale_by_adopt
+from jtricks.transforms.cautious import cautious
 from jtricks.transforms.classic import (
     ScaleByAdaDeltaState,
     ScaleByNovogradState,
@@ -154,7 +160,7 @@ from jtricks.transforms.dog import DoGState, DoWGState, scale_by_dog, scale_by_d
 from jtricks.transforms.ema import EmaState, ema
 from jtricks.transforms.factored import FactoredState, scale_by_factored_rms
 from jtricks.transforms.flatten import FlatParams, Flatten, flat_params, flatten
-from jtricks.transforms.freezing import freeze, named_chain, selective_transform
+from jtricks.transforms.freezing import freeze, named_chain, selective_transform, set_to_zero
 from jtricks.transforms.galore import GaLoreDimensionNumbers, GaLoreState, scale_by_galore
 from jtricks.transforms.gradient_difference import (
     ScaleByAdanState,
@@ -175,6 +181,7 @@ from jtricks.transforms.linesearch_zoom import (
 )
 from jtricks.transforms.lookahead import LookaheadParams, LookaheadState, lookahead
 from jtricks.transforms.madgrad import MadgradState, scale_by_madgrad
+from jtricks.transforms.mars import ScaleByMarsState, scale_by_mars
 from jtricks.transforms.masking import (
     MaskedNode,
     MaskedState,
@@ -219,7 +226,9 @@ from jtricks.transforms.schedule_free import (
     schedule_free,
     schedule_free_eval_params,
 )
+from jtricks.transforms.shampoo import ScaleByShampooState, scale_by_shampoo
 from jtricks.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign
+from jtricks.transforms.soap import ScaleBySoapState, scale_by_soap
 from jtricks.transforms.sophia import (
     HutchinsonState,
     SophiaState,

@@ -29,6 +29,7 @@ from jtricks.optimizers.classic import (
 from jtricks.optimizers.factored import adafactor
 from jtricks.optimizers.galore import galore
 from jtricks.optimizers.lbfgs import lbfgs, value_and_grad_from_state
+from jtricks.optimizers.mars import mars
 from jtricks.optimizers.moments import acprop, ademamix, adopt, madgrad, simplified_ademamix
 from jtricks.optimizers.muon import muon
 from jtricks.optimizers.parameter_free import (
@@ -40,6 +41,7 @@ from jtricks.optimizers.parameter_free import (
     momo_adam,
     prodigy,
 )
+from jtricks.optimizers.preconditioned import shampoo, soap
 from jtricks.optimizers.privacy import dpsgd
 from jtricks.optimizers.schedule_free import schedule_free_adamw, schedule_free_sgd
 from jtricks.optimizers.sgd import normalized_sgd, sgd
@@ -56,4 +58,5 @@ __all__ = [
     "ademamix", "simplified_ademamix", "adopt", "acprop", "madgrad", "lbfgs",
     "value_and_grad_from_state", "sophia", "galore", "prodigy", "dadapt_adamw", "cocob",
     "dog", "dowg", "momo", "momo_adam", "dpsgd", "schedule_free_sgd", "schedule_free_adamw",
+    "mars", "soap", "shampoo",
 ]

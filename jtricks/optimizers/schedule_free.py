@@ -12,7 +12,7 @@ from typing import Any
 from jtricks import hyperparams as hp
 from jtricks.base import chain
 from jtricks.optimizers.sgd import sgd
-from jtricks.schedules.warmup import warmup_constant
+from jtricks.schedules.warmups import warmup_constant
 from jtricks.transforms.adaptive import scale_by_rms
 from jtricks.transforms.decay import add_decayed_weights
 from jtricks.transforms.scaling import scale_by_learning_rate

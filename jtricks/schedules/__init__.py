@@ -22,14 +22,20 @@ One module per family:
 * :mod:`~jtricks.schedules.piecewise`: :func:`piecewise_constant`,
   :func:`piecewise_interpolate`, :func:`cosine_onecycle` (alias :func:`one_cycle`),
   :func:`linear_onecycle`;
-* :mod:`~jtricks.schedules.warmup`: :func:`warmup_constant`,
+* :mod:`~jtricks.schedules.warmups`: :func:`warmup_constant`,
   :func:`warmup_exponential_decay`;
 * :mod:`~jtricks.schedules.cosine`: :func:`cosine_decay`, :func:`warmup_cosine_decay`,
   :func:`sgdr`;
-* :mod:`~jtricks.schedules.sequence`: :func:`join`.
+* :mod:`~jtricks.schedules.sequence`: :func:`join`;
+* beyond optax, :mod:`~jtricks.schedules.wsd`: :func:`warmup_stable_decay`;
+  :mod:`~jtricks.schedules.cyclic`: :func:`cyclic` (PyTorch's ``CyclicLR``),
+  :func:`cosine_warm_restarts` (``CosineAnnealingWarmRestarts``);
+  :mod:`~jtricks.schedules.compose`: :func:`warmup` in front of any schedule and
+  :func:`product` (also written ``schedule_a * schedule_b`` or ``2.0 * schedule``).
 """
 
 from jtricks.base import FunctionSchedule, Schedule
+from jtricks.schedules.compose import Product, Warmup, product, warmup
 from jtricks.schedules.cosine import (
     CosineDecay,
     Sgdr,
@@ -37,6 +43,12 @@ from jtricks.schedules.cosine import (
     cosine_decay,
     sgdr,
     warmup_cosine_decay,
+)
+from jtricks.schedules.cyclic import (
+    CosineWarmRestarts,
+    Cyclic,
+    cosine_warm_restarts,
+    cyclic,
 )
 from jtricks.schedules.decay import (
     Constant,
@@ -60,12 +72,13 @@ from jtricks.schedules.piecewise import (
     piecewise_interpolate,
 )
 from jtricks.schedules.sequence import Join, join
-from jtricks.schedules.warmup import (
+from jtricks.schedules.warmups import (
     WarmupConstant,
     WarmupExponentialDecay,
     warmup_constant,
     warmup_exponential_decay,
 )
+from jtricks.schedules.wsd import WarmupStableDecay, warmup_stable_decay
 
 __all__ = [
     "Schedule",
@@ -85,6 +98,11 @@ __all__ = [
     "LinearOnecycle",
     "Sgdr",
     "Join",
+    "WarmupStableDecay",
+    "Cyclic",
+    "CosineWarmRestarts",
+    "Warmup",
+    "Product",
     # factories, optax's names without "_schedule"
     "constant",
     "exponential_decay",
@@ -101,4 +119,10 @@ __all__ = [
     "linear_onecycle",
     "sgdr",
     "join",
+    # beyond optax
+    "warmup_stable_decay",
+    "cyclic",
+    "cosine_warm_restarts",
+    "warmup",
+    "product",
 ]

@@ -18,7 +18,7 @@ from jtricks import hyperparams as hp
 from jtricks.base import Schedule
 from jtricks.schedules._steps import step_count
 from jtricks.schedules.sequence import Join
-from jtricks.schedules.warmup import check_warmup, warmup_then
+from jtricks.schedules.warmups import check_warmup, warmup_then
 
 __all__ = [
     "CosineDecay",

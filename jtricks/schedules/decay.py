@@ -1,7 +1,7 @@
 """Monotone schedules: a constant, an exponential decay and polynomial (linear) ramps.
 
 The two formulas here, :func:`exponential_value` and :func:`ramp_value`, are also the
-phases of the warmup schedules (:mod:`jtricks.schedules.warmup`,
+phases of the warmup schedules (:mod:`jtricks.schedules.warmups`,
 :mod:`jtricks.schedules.cosine`), so each is written once.
 """
 

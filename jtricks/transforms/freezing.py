@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from jtricks.base import Stateless, Transform, as_transform, static_field
 from jtricks.transforms.masking import Masked, Partition, partition
 
-__all__ = ["SetToZero", "freeze", "selective_transform", "NamedChain", "named_chain"]
+__all__ = [
+    "set_to_zero","SetToZero", "freeze", "selective_transform", "NamedChain", "named_chain"]
 
 
 class SetToZero(Stateless):
@@ -21,6 +22,15 @@ class SetToZero(Stateless):
     def update(self, updates, state, params=None, **extra):
         del params, extra
         return jax.tree.map(jnp.zeros_like, updates), state
+
+
+def set_to_zero() -> SetToZero:
+    """Every update becomes zeros (``optax.set_to_zero``): the parameters stay put.
+
+    Example:
+        >>> tx = jt.partition({"train": jt.adam(1e-3), "frozen": jt.set_to_zero()}, labels)
+    """
+    return SetToZero()
 
 
 def freeze(mask: Any) -> Masked:
