@@ -14,20 +14,11 @@ Why it matters (the lesson's point): a unit summing ``n`` inputs of unit varianc
 with weights of variance ``v`` has output variance ``n * v``. With N(0, 1) weights
 (``v = 1``) the spread grows by ``sqrt(n)`` per layer; with ``v = 1 / n_in`` it stays.
 
-The lesson's names and ours:
-
-======================================  ===========================  ==================
-lesson                                   jtricks                      variance
-======================================  ===========================  ==================
-"uniform"                                ``lecun_uniform()``          1 / fan_in
-gaussian N(0, 1/n)                       ``lecun_normal()``           1 / fan_in
-normal with std 1/sqrt(n_in)             ``lecun_normal()``           1 / fan_in
-Xavier / glorot                          ``glorot_normal()`` /        2 / (fan_in +
-                                         ``glorot_uniform()``         fan_out)
-(ReLU networks; not in the lesson)       ``he_normal()`` /            2 / fan_in
-                                         ``he_uniform()``
-N(0, 1), the bad choice                  ``normal(1.0)``              1
-======================================  ===========================  ==================
+The lesson's names and ours: its "uniform" and its gaussian N(0, 1/n) (std
+1/sqrt(n_in)) are ``lecun_uniform()`` / ``lecun_normal()`` (variance 1 / fan_in),
+Xavier is ``glorot_normal()`` / ``glorot_uniform()`` (2 / (fan_in + fan_out)), ReLU
+networks take ``he_normal()`` / ``he_uniform()`` (2 / fan_in), and the bad N(0, 1)
+is ``normal(1.0)``.
 
 ``uniform(scale)`` itself is jax's: values in ``[0, scale)``, not centred; the
 lesson's centred uniform is ``lecun_uniform`` (or ``variance_scaling`` with the
@@ -43,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -177,10 +169,24 @@ class Initializer:
     def __call__(self, key: jax.Array, shape: Sequence[int],
                  dtype: Any = jnp.float32) -> jax.Array:
         shape, dtype = _check_call(type(self).__name__, key, shape, dtype)
-        return self._draw(key, shape, dtype)
+        if isinstance(key, jax.core.Tracer) or not _static(self):
+            return self._draw(key, shape, dtype)  # traced: inlined in the caller's program
+        return _draw_jit(self, shape, dtype, key)  # one program per shape, not per op
 
     def _draw(self, key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
         raise NotImplementedError
+
+
+def _static(init: Initializer) -> bool:
+    """Whether every field is plain Python (``init`` can be a static ``jit`` argument)."""
+    plain = (bool, int, float, str, type(None))
+    flat = jax.tree.leaves([getattr(init, f.name) for f in dataclasses.fields(init)])
+    return all(isinstance(v, plain) for v in flat)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _draw_jit(init: Initializer, shape: tuple[int, ...], dtype: Any, key: jax.Array):
+    return init._draw(key, shape, dtype)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,150 @@
+"""The examples' quick paths, checked on what they write.
+
+One subprocess runs the tour's smoke mode (the README's command, a few experiments
+for a step or two); the MNIST-1D table on a short budget, the four model styles
+against optax and a per-claim script on real-MNIST IDX files the test writes run in
+this process (their compiled programs are shared, no interpreter start-up each);
+and the IDX reader's errors.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import equinox  # noqa: F401  (cnn_styles.py trains an equinox model)
+import matplotlib.image
+import numpy as np
+import pytest
+from mnist1d.data import get_dataset_args
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _run(script, *args, timeout=600):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=EXAMPLES.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _example(name):
+    """An example script imported as a module (its siblings on the path, as when run)."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    return importlib.import_module(name)
+
+
+def _common():
+    return _example("common")
+
+
+def _finite(tree):
+    if isinstance(tree, dict):
+        return all(_finite(v) for v in tree.values())
+    if isinstance(tree, list | tuple):
+        return all(_finite(v) for v in tree)
+    return not isinstance(tree, float) or math.isfinite(tree) or tree == math.inf
+
+
+def test_tour_smoke_writes_a_row_a_plot_and_the_measured_claims(tmp_path):
+    # The experiments with the claims that hold at initialisation; the others are the
+    # same loop (common.train_epochs) on other models and optimizers.
+    out = _run("tour.py", "--tiny", "--only", "scaling,init", "--out", tmp_path)
+    result = json.loads((tmp_path / "results.json").read_text())
+    rows = {int(r["claim"].split(".")[0]): r for r in result["rows"]}
+    assert sorted(rows) == [1, 2, 3]
+    report = (tmp_path / "REPORT.md").read_text()
+    for r in rows.values():
+        assert _finite(r["numbers"]), r
+        assert r["claim"] in out and r["claim"] in report
+        png = tmp_path / r["plot"]
+        assert 0 < png.stat().st_size < 200_000
+        assert matplotlib.image.imread(png).shape[2] in (3, 4)
+    # Claims that hold at initialisation, whatever the training length.
+    scaling = rows[2]["numbers"]["saturated"]
+    assert scaling["raw 0..255"] > 0.5 and scaling["min-max [0, 1]"] < 0.05
+    flags = rows[1]["numbers"]["flags"]
+    assert flags["N(0, 1)"][0] > 0 and flags["N(0, 0.01^2)"][1] > 0
+    assert flags["he"] == [0, 0]
+    growth = rows[3]["numbers"]["std_growth"]
+    assert growth["N(0, 1)"] > 1e4 and growth["N(0, 0.01^2)"] < 1e-4
+    assert 0.3 < growth["he"] < 3
+    # Training ran: above chance (10%) after a step or two.
+    assert rows[3]["numbers"]["test_accuracy"]["he"] > 0.15
+
+
+def test_mnist1d_table_format_on_a_short_budget(tmp_path, capsys):
+    args = get_dataset_args()
+    assert (args.num_samples, args.train_split, args.seed) == (5000, 0.8, 42)
+    path = tmp_path / "table.json"
+    _example("mnist1d_table").main(["--seeds", "2", "--steps", "200", "--models",
+                                    "logistic,mlp", "--out", str(path)])
+    out = capsys.readouterr().out
+    table = json.loads(path.read_text())
+    assert {m: t["paper"] for m, t in table.items()} == {"logistic": 0.32, "mlp": 0.68}
+    for name, t in table.items():
+        assert len(t["seeds"]) == 2 and t["ours"] == pytest.approx(np.mean(t["seeds"]))
+        assert 0.15 < t["ours"] <= 1.0, (name, t)
+        assert name in out
+    assert table["mlp"]["ours"] > table["logistic"]["ours"]
+
+
+def test_every_model_style_matches_optax(tmp_path):
+    path = tmp_path / "styles.json"
+    _example("cnn_styles").main(["--tiny", "--compare-optax", "--out", str(path)])
+    results = json.loads(path.read_text())
+    assert set(results) == {"jax", "linen", "nnx", "equinox"}
+    for style, accs in results.items():
+        assert accs["jtricks"] == pytest.approx(accs["optax"], abs=0.003), style
+        assert accs["jtricks"] > 0.12, (style, accs)
+
+
+def _write_idx(path, array, gz=False):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(path, "wb").write(data)
+
+
+def _fake_mnist(folder, n_train=120, n_test=40):
+    rng = np.random.default_rng(0)
+    for split, n, gz in (("train", n_train, True), ("t10k", n_test, False)):
+        y = rng.integers(0, 10, n)
+        x = np.zeros((n, 28, 28))
+        x[np.arange(n), 2 * y + 3, 5:20] = 255  # a bar whose row is the label
+        suffix = ".gz" if gz else ""
+        _write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", x, gz)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", y, gz)
+
+
+def test_idx_files_load_and_a_truncated_one_is_named(tmp_path):
+    common = _common()
+    _fake_mnist(tmp_path)
+    (x, y), (xt, _) = common.load_mnist(tmp_path)
+    assert x.shape == (120, 784) and xt.shape == (40, 784) and y.dtype == np.int32
+    assert x.max() == 255 and set(np.unique(y)) <= set(range(10))
+    cut = tmp_path / "t10k-labels-idx1-ubyte"
+    cut.write_bytes(cut.read_bytes()[:-5])
+    with pytest.raises(ValueError, match=r"truncated.*shape \(40,\)"):
+        common.load_mnist(tmp_path)
+    cut.write_bytes(b"PK\3\4 not idx")
+    with pytest.raises(ValueError, match="not an unsigned-byte IDX file"):
+        common.read_idx(cut)
+
+
+def test_a_claim_script_trains_on_real_mnist_files(tmp_path, capsys):
+    _fake_mnist(tmp_path, n_train=600, n_test=100)
+    module = _example("trick_dropout")
+    _common().main_for(module.run, "dropout", module.__doc__, images=True, argv=[
+        "--tiny", "--mnist-dir", str(tmp_path), "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    row, = json.loads((tmp_path / "dropout.json").read_text())
+    assert "200 training digits" in row["measured"] and "5. dropout" in out
+    assert min(row["numbers"]["test_accuracy"]) > 0.5  # the bars are easy to read
+    assert min(row["numbers"]["best_val"]) > 0.5
