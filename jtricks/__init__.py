@@ -258,6 +258,10 @@ from jtricks.transforms.wrappers import (
 
 __version__ = "0.1.0"
 
+# Every public name: the modules, and each optimizer, transform, state and helper
+# imported above (tests/test_signatures.py checks that every optax name is here).
+__all__ = [*sorted(name for name in dir() if not name.startswith("_")), "flax"]
+
 
 def __getattr__(name: str):
     # ``jt.flax`` without importing flax at ``import jtricks``: flax is optional.

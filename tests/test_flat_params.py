@@ -45,7 +45,13 @@ def test_gradient_arrives_flat_with_the_tree_gradient_values():
     g_flat = jax.jit(jax.grad(lambda f: loss(f.tree())))(flat)
     assert isinstance(g_flat, jt.FlatParams)
     assert len(jax.tree.leaves(g_flat)) == 1
-    _assert_same_tree(g_flat.tree(), grad_fn(params))
+    # Two programs (the flat and the tree gradient) may fuse differently; under the
+    # suite's compile options (tests/conftest.py) they differ by a rounding (~1e-7).
+    ours, theirs = g_flat.tree(), grad_fn(params)
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        assert x.shape == y.shape and x.dtype == y.dtype
+        np.testing.assert_allclose(x, y, rtol=3e-7, atol=1e-6)
 
 
 def test_training_on_flat_params_equals_training_on_the_tree():

@@ -21,7 +21,8 @@ RUNTIME = {"jax", "jaxlib", "numpy", "jtricks"}  # the package itself and its de
 
 
 def _imported() -> set[str]:
-    local = {p.stem for p in (ROOT / "tests").glob("*.py")}
+    # The tests import their own helpers and the benchmark and example scripts.
+    local = {p.stem for d in ("tests", "benchmarks", "examples") for p in (ROOT / d).glob("*.py")}
     names = set()
     for path in (ROOT / "tests").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -78,3 +78,29 @@ def test_signature_equals_optaxs(name, ours, theirs):
     for a, b in zip(shared, optax_params):
         assert _same_default(name, a, b), (a.name, a.default, b.default)
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in extra), extra
+
+
+def _optax_names():
+    """What the drop-in rule covers: optax's optimizer aliases, every ``scale_by_*``
+    block, optax.contrib's public functions, and optax's schedules (in
+    ``jt.schedules``, any ``_schedule`` suffix dropped)."""
+    from optax._src import alias
+
+    def public(module):
+        return {n for n in dir(module) if not n.startswith("_") and not n[0].isupper()
+                and callable(getattr(module, n)) and not inspect.isclass(getattr(module, n))}
+
+    top = {n for n in public(alias) if n in dir(optax)}
+    top |= {n for n in public(optax) if n.startswith("scale_by_")}
+    top |= public(optax.contrib)
+    schedules = public(optax.schedules) - {"inject_hyperparams", "inject_stateful_hyperparams"}
+    return sorted(top), sorted(schedules)
+
+
+def test_every_optax_name_of_the_rule_is_in_jtricks_and_in_all():
+    top, schedules = _optax_names()
+    assert len(top) > 90 and len(schedules) > 12
+    assert [n for n in top if n not in jt.__all__ or not callable(getattr(jt, n))] == []
+    short = {n: n.replace("_schedules", "").replace("_schedule", "") for n in schedules}
+    assert [n for n, s in short.items() if not callable(getattr(jt.schedules, s, None))] == []
+    assert all(hasattr(jt, n) for n in jt.__all__)
