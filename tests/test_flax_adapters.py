@@ -82,9 +82,13 @@ def linen_run(state, steps=STEPS):
 
 
 def test_train_state_one_compile_for_three_rates_and_flax_numbers():
+    # The rate is data, not static: the first rate traces at most once (another test
+    # of this process may have traced the step already), the others never.
     LINEN_TRACES.clear()
-    runs = [linen_run(linen_state(ours(lr))) for lr in RATES]
-    assert LINEN_TRACES.count(jtf.TrainState) == 1  # the rate is data, not static
+    runs = [linen_run(linen_state(ours(RATES[0])))]
+    first = LINEN_TRACES.count(jtf.TrainState)
+    runs += [linen_run(linen_state(ours(lr))) for lr in RATES[1:]]
+    assert first <= 1 and LINEN_TRACES.count(jtf.TrainState) == first
     assert not np.allclose(runs[0].params["Dense_1"]["kernel"],
                            runs[2].params["Dense_1"]["kernel"])
     flax_run = linen_run(linen_state(theirs(RATES[2]), train_state.TrainState))
@@ -160,9 +164,11 @@ def nnx_run(tx, optimizer_type=jtf.Optimizer, seed=0, steps=STEPS):
 
 
 def test_nnx_optimizer_one_compile_for_three_rates_and_flax_numbers():
-    NNX_TRACES.clear()
-    runs = [nnx_run(ours(lr)) for lr in RATES]
-    assert NNX_TRACES.count(jtf.Optimizer) == 1
+    NNX_TRACES.clear()  # as for linen: at most one trace, for the first rate only
+    runs = [nnx_run(ours(RATES[0]))]
+    first = NNX_TRACES.count(jtf.Optimizer)
+    runs += [nnx_run(ours(lr)) for lr in RATES[1:]]
+    assert first <= 1 and NNX_TRACES.count(jtf.Optimizer) == first
     model, optimizer = runs[2]
     flax_model, flax_optimizer = nnx_run(theirs(RATES[2]), nnx.Optimizer)
     close(nnx_params(model), nnx_params(flax_model))
