@@ -222,8 +222,38 @@ def test_one_compilation_for_two_learning_rates():
                      steps=4)[0]
 
     run = jax.jit(chex.assert_max_traces(body, n=1), compiler_options=FAST_COMPILE)
-    a, b = (run(lbfgs(lr, memory_size=3), params, jnp.float32(COUPLING)) for lr in (0.5, 0.1))
+    rates = (0.5, 0.1)
+    a, b = (run(lbfgs(lr, memory_size=3), params, jnp.float32(COUPLING)) for lr in rates)
     assert not all(np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    # vmap over the stacked rates equals the separate runs.
+    swept = jax.jit(jax.vmap(lambda lr: body(lbfgs(lr, memory_size=3), params,
+                                             jnp.float32(COUPLING))))(jnp.asarray(rates))
+    for i, run_i in enumerate((a, b)):
+        for x, y in zip(jax.tree.leaves(swept), jax.tree.leaves(run_i)):
+            np.testing.assert_allclose(x[i], y, rtol=1e-5, atol=1e-6)
+
+
+def test_a_donated_step_runs_twice_and_equals_the_plain_step():
+    params = {"w": jnp.asarray([0.5, -1.0, 2.0]), "b": jnp.asarray(1.5)}
+    tx = lbfgs(0.5, memory_size=3)
+
+    def step(p, s):
+        value, grad = value_and_grad_from_state(objective)(p, state=s, coupling=COUPLING)
+        u, s = tx.update(grad, s, p, value=value, grad=grad, value_fn=objective,
+                         coupling=COUPLING)
+        return apply_updates(p, u), s
+
+    donated = jax.jit(step, donate_argnums=(0, 1))
+    plain = jax.jit(step)
+    p, s = jax.tree.map(jnp.copy, params), tx.init(params)
+    buffers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(s)]
+    assert len(set(buffers)) == len(buffers), "two state fields share a buffer"
+    q, r = params, tx.init(params)
+    for _ in range(2):
+        p, s = donated(p, s)
+        q, r = plain(q, r)
+    for x, y in zip(jax.tree.leaves((p, s)), jax.tree.leaves((q, r))):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_extra_arguments_are_required_and_must_be_consumed():
