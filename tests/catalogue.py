@@ -147,3 +147,86 @@ def donated_two_steps(rows, params, noise):
     for k in range(2):
         ps, states = step(ps, states, jax.tree.map(lambda x, k=k: x[k], noise))
     return ps
+
+
+# --- the tests every family runs on its rows ----------------------------------------------
+
+def family_tests(rows, subset, lr_factories, *, vmap_atol=1e-5):
+    """The table checks of one family as pytest functions, for its module to take in
+    with ``globals().update(family_tests(ROWS, SUBSET, LR_FACTORIES))``: optax's state
+    layout at init (fp32 and bf16); fp32 parity at every step with optax's state kept;
+    optax's state restored into jtricks continuing with optax's numbers; bf16 kept (the
+    rows of ``subset``); one compilation for two rates and ``vmap`` over rates (the
+    factories ``lr -> transform``); ``eval_shape`` of ``init``; a donated step (``subset``).
+    Also ``results(dtype_name)``, the family's cached run, for its own further tests."""
+    import pytest
+
+    ids = [name for name, _, _ in rows]
+    few = [r for r in rows if r[0] in subset]
+
+    @functools.cache
+    def results(dtype_name: str):
+        chosen = rows if dtype_name == "float32" else few
+        return run_rows(chosen, dtype_name, restore=dtype_name == "float32")
+
+    @pytest.mark.parametrize("row", rows, ids=ids)
+    def test_state_layout_is_optax_at_init(row):
+        name, ours, theirs = row
+        for dtype in (jnp.float32, jnp.bfloat16):
+            params = make_params(0, dtype)
+            assert (state_layout(jax.eval_shape(ours().init, params))
+                    == state_layout(jax.eval_shape(theirs().init, params))), (name, dtype)
+
+    @pytest.mark.parametrize("row", rows, ids=ids)
+    def test_fp32_equals_optax_and_keeps_its_state(row):
+        ours, theirs, state, theirs_state = results("float32")[2][row[0]][:4]
+        check_fp32_parity(row[0], ours, theirs)
+        assert state_layout(state) == state_layout(theirs_state)
+
+    @pytest.mark.parametrize("row", rows, ids=ids)
+    def test_optax_state_restores_and_continues(row):
+        (ours, state), (theirs, theirs_state) = results("float32")[2][row[0]][4:]
+        assert state_layout(state) == state_layout(theirs_state)
+        for path, a, b in zip(*paths((ours, state)), jax.tree.leaves((theirs, theirs_state))):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{row[0]} at {path}")
+
+    @pytest.mark.parametrize("row", few, ids=[r[0] for r in few])
+    def test_bf16_stays_bf16_and_close_to_optax(row):
+        params, _, out = results("bfloat16")
+        initial = jax.eval_shape(row[1]().init, params)
+        check_bf16(row[0], params, out[row[0]], results("float32")[2][row[0]][0], initial)
+
+    def test_one_compilation_for_two_rates_and_vmap_over_rates():
+        params = make_params(3)
+        separate, swept = lr_programs(lr_factories, params, noise_sequence(params, 8))
+        for name in lr_factories:
+            a, b = separate[0][name], separate[1][name]
+            assert not all(np.allclose(x, y)
+                           for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))), name
+            for i, run in enumerate(separate):
+                for x, y in zip(jax.tree.leaves(swept[name]), jax.tree.leaves(run[name])):
+                    # The same numbers batched: XLA may order a few roundings differently.
+                    np.testing.assert_allclose(x[i], y, rtol=1e-5, atol=vmap_atol,
+                                               err_msg=name)
+
+    @pytest.mark.parametrize("row", rows, ids=ids)
+    def test_eval_shape_of_init(row):
+        params = make_params(0)
+        tx = row[1]()
+        shapes, real = jax.eval_shape(tx.init, params), tx.init(params)
+        assert jax.tree.structure(shapes) == jax.tree.structure(real)
+        for s, x in zip(jax.tree.leaves(shapes), jax.tree.leaves(real)):
+            assert (s.shape, s.dtype) == (x.shape, x.dtype)
+
+    def test_donated_steps_give_the_trajectory():
+        params, noise, out = results("float32")
+        ps = donated_two_steps(few, params, noise)
+        for name, _, _ in few:
+            for x, traj in zip(jax.tree.leaves(ps[name]), jax.tree.leaves(out[name][0])):
+                np.testing.assert_allclose(x, traj[1], rtol=1e-6, atol=1e-7, err_msg=name)
+
+    return {f.__name__: f for f in (
+        results, test_state_layout_is_optax_at_init, test_fp32_equals_optax_and_keeps_its_state,
+        test_optax_state_restores_and_continues, test_bf16_stays_bf16_and_close_to_optax,
+        test_one_compilation_for_two_rates_and_vmap_over_rates, test_eval_shape_of_init,
+        test_donated_steps_give_the_trajectory)}
