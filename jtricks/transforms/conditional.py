@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jtricks import hyperparams as hp
 from jtricks import tree as jtree
 from jtricks.base import Transform, as_transform, static_field
-from jtricks.transforms.wrappers import SkipNonfinite
+from jtricks.transforms.wrappers import SkipNonfinite, SkipNonfiniteState
 
 __all__ = [
     "ApplyIfFiniteState",
@@ -35,20 +35,11 @@ __all__ = [
 # --- apply_if_finite ----------------------------------------------------------------
 
 
-class ApplyIfFiniteState(NamedTuple):
-    """State of :func:`apply_if_finite` (the fields of ``SkipNonfiniteState``).
+class ApplyIfFiniteState(SkipNonfiniteState):
+    """State of :func:`apply_if_finite`: the fields of
+    :class:`~jtricks.transforms.wrappers.SkipNonfiniteState` under optax's name."""
 
-    Attributes:
-        notfinite_count: int32, consecutive non-finite updates (0 after a finite one).
-        last_finite: bool, whether the last update was finite.
-        total_notfinite: int32, non-finite updates since ``init``.
-        inner_state: the inner transform's state (untouched by skipped updates).
-    """
-
-    notfinite_count: jax.Array
-    last_finite: jax.Array
-    total_notfinite: jax.Array
-    inner_state: Any
+    __slots__ = ()
 
 
 class ApplyIfFinite(SkipNonfinite):
