@@ -31,6 +31,7 @@ from jtricks.hyperparams.checks import (
     check_nonnegative,
     check_positive,
     check_range,
+    check_real_params,
     check_threshold,
     no_schedule,
     reporter,
@@ -55,5 +56,5 @@ __all__ = [
     "reporting_as", "reporter", "check", "check_range", "check_finite", "check_positive",
     "check_nonnegative", "check_integer", "check_decay", "check_eps", "check_learning_rate",
     "check_initial", "check_threshold", "no_schedule", "check_finite_data",
-    "check_float_params", "require_params",
+    "check_float_params", "check_real_params", "require_params",
 ]

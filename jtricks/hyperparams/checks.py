@@ -193,6 +193,18 @@ def check_float_params(where: str, params: Any) -> None:
             )
 
 
+def check_real_params(where: str, params: Any, why: str) -> None:
+    """Refuses complex parameters where the method is defined for real ones only."""
+    check_float_params(where, params)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if jnp.iscomplexobj(leaf):
+            raise TypeError(
+                f"{where}: parameter at {jtree.keystr(path)} is complex "
+                f"({jnp.result_type(leaf)}); {why}. Split it into real and imaginary parts "
+                "(jt.split_real_and_imaginary), or use jt.adam for it (jt.partition)."
+            )
+
+
 def require_params(where: str, params: Any, why: str) -> None:
     """Refuses ``params=None`` for a transform whose update reads the parameters."""
     if params is None:

@@ -117,14 +117,7 @@ class ScaleByShampoo(Transform):
     block_size: int = static_field(default=1024)
 
     def init(self, params):
-        hp.check_float_params("scale_by_shampoo", params)
-        for path, p in jax.tree_util.tree_flatten_with_path(params)[0]:
-            if jnp.iscomplexobj(p):
-                raise TypeError(
-                    f"scale_by_shampoo: parameter at {jtree.keystr(path)} is complex "
-                    f"({jnp.result_type(p)}); these factors are real. Split it into real "
-                    "and imaginary parts, or use jt.adam for it (jt.partition)."
-                )
+        hp.check_real_params("scale_by_shampoo", params, "these factors are real")
 
         def factors(p, eye):
             counts, sizes = _grid(jnp.shape(p), self.block_size)

@@ -103,14 +103,7 @@ class ScaleBySoap(Transform):
     max_precond_dim: int = static_field(default=10000)
 
     def init(self, params):
-        hp.check_float_params("scale_by_soap", params)
-        for path, p in jax.tree_util.tree_flatten_with_path(params)[0]:
-            if jnp.iscomplexobj(p):
-                raise TypeError(
-                    f"scale_by_soap: parameter at {jtree.keystr(path)} is complex "
-                    f"({jnp.result_type(p)}); SOAP's eigenbases are real. Split it into "
-                    "real and imaginary parts, or use jt.adam for it (jt.partition)."
-                )
+        hp.check_real_params("scale_by_soap", params, "SOAP's eigenbases are real")
 
         def factors(p, make):
             acc = jtree.acc_dtype(p)
