@@ -292,7 +292,8 @@ def fit(step: Step, state: TrainState, train_data: PyTree, *, batch_size: int, e
         key: shuffling key (independent of ``state.key``, which drives dropout).
         eval_data: passed whole to ``eval_fn``.
         eval_fn: ``(params, model_state, eval_data) -> {name: scalar}``; ``params``
-            are the averaged ones when the step has ``averaging``.
+            are the averaged ones when the step has ``averaging`` (the usual tree
+            under ``flat_params``).
         early_stopping: an :class:`EarlyStopping`; it watches ``monitor``.
         monitor: the metric early stopping watches: a key of ``eval_fn``'s dict, or of
             the training metrics (epoch means) when there is no ``eval_fn``.
@@ -345,7 +346,8 @@ def fit(step: Step, state: TrainState, train_data: PyTree, *, batch_size: int, e
     def run(state, es_state):
         with jsharding.use_mesh(None if layout is None else layout.mesh):
             return jitted(state, es_state, train_data, eval_data, key, step.tx,
-                          step.averaging, es, loss_fn=step.loss_fn, eval_fn=eval_fn,
+                          step.averaging, es, loss_fn=step.adapt(step.loss_fn),
+                          eval_fn=None if eval_fn is None else step.adapt(eval_fn),
                           batch_size=int(batch_size),
                           monitor=monitor if es is not None else None, layout=layout)
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 
+from jtricks.base import Transform
 from jtricks.struct import Struct
+from jtricks.transforms.flatten import FlatParams
 
-__all__ = ["TrainState"]
+__all__ = ["TrainState", "SHAPE_DEPENDENT"]
 
 PyTree = Any
 
@@ -29,6 +32,13 @@ class TrainState(Struct):
     Build one with :meth:`jtricks.train.Step.init`. The optimizer itself is not
     stored (its hyperparameters belong to the step), so a checkpoint holds numbers
     only.
+
+    With ``make_step(..., flat_params=True)``, ``params`` is kept in its flat form,
+    a :class:`~jtricks.FlatParams` (``state.params.tree()`` gives the usual tree;
+    ``step.eval_params(state)`` the tree to evaluate). The flat form is the stored
+    one, not a view behind a property, because the state is a pytree whose leaves
+    are exactly what crosses each compiled step and what a checkpoint holds: a few
+    vectors, not one array per parameter.
     """
 
     step: jax.Array
@@ -37,3 +47,75 @@ class TrainState(Struct):
     model_state: PyTree
     key: jax.Array
     averages: PyTree = None
+
+
+# --- params stored flat (make_step(..., flat_params=True)) ---------------------------
+
+# Transforms whose numbers depend on each leaf's shape or on the tree's structure: on
+# the few flat vectors they would fail or, worse, run with other numbers.
+SHAPE_DEPENDENT = frozenset({
+    "AdaptiveGradClip", "Masked", "Partition", "ParamGroups", "ScaleByMuon",
+    "ScaleByShape", "ScaleByFactoredRms", "ScaleBySM3", "ScaleByNovograd",
+    "ClipByBlockRms", "ScaleByParamBlockNorm", "ScaleByParamBlockRms",
+    "ScaleByTrustRatio", "ScaleByShampoo", "ScaleBySoap", "ScaleByGaLore", "Centralize",
+})
+"""Class names of the jtricks transforms ``make_step(flat_params=True)`` refuses."""
+
+
+class _OnTree:
+    """``fn(flat.tree(), *args)``: a loss or eval function written for the tree, called
+    with :class:`~jtricks.FlatParams`. Equal for equal ``fn``, so jit caches hit."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, params: FlatParams, *args: Any) -> Any:
+        return self.fn(params.tree(), *args)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _OnTree and other.fn == self.fn
+
+    def __hash__(self) -> int:
+        return hash((_OnTree, self.fn))
+
+
+def on_tree(fn: Callable) -> Callable:
+    """``fn`` (written for the params' tree) made to take :class:`~jtricks.FlatParams`."""
+    return _OnTree(fn)
+
+
+def _shape_dependent(tx: Transform) -> list[str]:
+    """Names of the shape-dependent transforms found anywhere inside ``tx``."""
+    found = []
+    if any(c.__name__ in SHAPE_DEPENDENT for c in type(tx).__mro__):
+        found.append(type(tx).__name__)
+    for name in tx._data_fields:
+        inner = jax.tree.leaves(getattr(tx, name), is_leaf=lambda x: isinstance(x, Transform))
+        for t in inner:
+            if isinstance(t, Transform):
+                found += _shape_dependent(t)
+    return found
+
+
+_KEEP_TREE = ("make_step(..., flat_params=False) (the default) keeps the params a tree; "
+              "or use jt.flatten(tx) to keep only the optimizer's state flat.")
+
+
+def flat_opt_init(tx: Transform, params: FlatParams) -> PyTree:
+    """``tx.init`` on the flat params, refusing transforms that need the tree."""
+    bad = _shape_dependent(tx)
+    if bad:
+        raise ValueError(
+            f"make_step.init: flat_params=True cannot run {sorted(set(bad))}: they look "
+            "at each parameter's shape or at the tree's structure (masks, labels, "
+            f"matrices) and would see a few flat vectors instead. {_KEEP_TREE}"
+        )
+    try:
+        return tx.init(params)
+    except Exception as e:  # any failure here means it needs the tree
+        raise ValueError(
+            f"make_step.init: with flat_params=True the optimizer's init failed on the "
+            f"flat params ({type(e).__name__}: {e}); it likely needs the params' tree "
+            f"(a mask or labels shaped like it, per-leaf shapes). {_KEEP_TREE}"
+        ) from e
+

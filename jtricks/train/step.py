@@ -14,9 +14,10 @@ from jtricks import sharding as jsharding
 from jtricks import tree as jtree
 from jtricks.base import Transform, apply_updates, as_transform
 from jtricks.train.placement import Layout, build_layout, place_state
-from jtricks.train.state import TrainState
+from jtricks.train.state import SHAPE_DEPENDENT, TrainState, flat_opt_init, on_tree
+from jtricks.transforms.flatten import FlatParams, flat_params
 
-__all__ = ["RESERVED_METRICS", "Step", "make_step", "step_body"]
+__all__ = ["RESERVED_METRICS", "SHAPE_DEPENDENT", "Step", "make_step", "step_body"]
 
 PyTree = Any
 
@@ -167,7 +168,7 @@ class Step:
 
     def __init__(self, loss_fn: Callable, tx: Any, averaging: Any = None, *,
                  mesh: Any = None, data_axis: str = "data", zero: bool = False,
-                 param_sharding: Any = None):
+                 param_sharding: Any = None, flat_params: bool = False):
         if not callable(loss_fn):
             raise TypeError(
                 f"make_step: loss_fn must be a function (params, model_state, batch, key) "
@@ -194,6 +195,17 @@ class Step:
             )
         if mesh is not None:
             jsharding.check_axis(mesh, data_axis, "make_step")
+        if not isinstance(flat_params, bool):
+            raise TypeError(f"make_step: flat_params must be True or False, got "
+                            f"{flat_params!r}.")
+        if flat_params and mesh is not None:
+            raise ValueError(
+                "make_step: flat_params=True does not run on a mesh: the flat vectors are "
+                "not shaped like any parameter, so they would be replicated whole on "
+                "every device (no FSDP, ZeRO or tensor-parallel split). Pass "
+                "flat_params=False with mesh=..., or drop the mesh."
+            )
+        self.flat_params = flat_params
 
     def init(self, params: PyTree, key: jax.Array, model_state: PyTree = None) -> TrainState:
         """A fresh :class:`TrainState` at step 0 for ``params`` and the base ``key``.
@@ -201,7 +213,10 @@ class Step:
         On a mesh, the params are placed as ``param_sharding`` says, the optimizer
         state follows them (ZeRO-1 with ``zero``) and the step, key and
         ``model_state`` are replicated. Every leaf is a copy: the caller's arrays
-        stay valid after the state is donated to a step.
+        stay valid after the state is donated to a step. With ``flat_params`` the
+        params (and the optimizer state and averages built from them) are stored as
+        :func:`jtricks.flat_params` vectors; a transform that needs the tree is refused
+        here.
         """
         if self.mesh is not None:
             self.layout = build_layout(params, self.mesh, self.data_axis,
@@ -209,10 +224,13 @@ class Step:
             self._jit = None
             return place_state(self.layout, self.tx, self.averaging, self.zero, params,
                                _check_key(key), model_state)
+        if self.flat_params and not isinstance(params, FlatParams):
+            params = flat_params(params)
         state = TrainState(
             step=jnp.zeros([], jnp.int32),
             params=params,
-            opt_state=self.tx.init(params),
+            opt_state=flat_opt_init(self.tx, params) if self.flat_params
+            else self.tx.init(params),
             model_state=model_state,
             key=_check_key(key),
             averages=None if self.averaging is None else self.averaging.init(params),
@@ -224,7 +242,12 @@ class Step:
 
     def apply(self, state: TrainState, batch: PyTree) -> tuple[TrainState, dict]:
         """The step as a pure, un-jitted function (for ``lax.scan``/``vmap``)."""
-        return step_body(state, batch, self.tx, self.averaging, self.loss_fn)
+        return step_body(state, batch, self.tx, self.averaging, self.adapt(self.loss_fn))
+
+    def adapt(self, fn: Callable) -> Callable:
+        """``fn(params, ...)``, written for the params' tree, made to take the state's
+        params: ``fn`` itself, or with ``flat_params`` ``fn(flat.tree(), ...)``."""
+        return on_tree(fn) if self.flat_params else fn
 
     def check_batch(self, batch: PyTree, where: str = "step") -> None:
         """Refuses a batch whose tree, shapes or dtypes differ from the first one's."""
@@ -240,9 +263,15 @@ class Step:
                 f"step: state must be a jt.train.TrainState (from step.init), got "
                 f"{type(state).__name__}."
             )
+        if self.flat_params and not isinstance(state.params, FlatParams):
+            raise TypeError(
+                "step: this step was built with flat_params=True, but state.params is a "
+                f"{type(state.params).__name__}; build the state with this step's init."
+            )
         if self.mesh is None:
             self.check_batch(batch)
-            return _jit_step(state, batch, self.tx, self.averaging, loss_fn=self.loss_fn)
+            return _jit_step(state, batch, self.tx, self.averaging,
+                             loss_fn=self.adapt(self.loss_fn))
         if self.layout is None:
             raise ValueError("step: a step on a mesh needs its state from step.init.")
         batch = jsharding.shard_batch(batch, self.mesh, self.data_axis)
@@ -261,13 +290,18 @@ class Step:
         return self._jit
 
     def eval_params(self, state: TrainState) -> PyTree:
-        """The params to evaluate: the average when ``averaging`` is set, else ``params``."""
+        """The params to evaluate: the average when ``averaging`` is set, else ``params``;
+        with ``flat_params`` as their usual tree (what ``loss_fn`` sees)."""
         if self.averaging is None:
-            return state.params
-        return self.averaging.value(state.averages, like=state.params)
+            params = state.params
+        else:
+            params = self.averaging.value(state.averages, like=state.params)
+        return params.tree() if self.flat_params else params
+
+
 def make_step(loss_fn: Callable, tx: Any, *, averaging: Any = None, mesh: Any = None,
               data_axis: str = "data", zero: bool = False,
-              param_sharding: Any = None) -> Step:
+              param_sharding: Any = None, flat_params: bool = False) -> Step:
     """Builds a jitted, donated training step.
 
     Step ``t`` (0-based, ``t = state.step``) does::
@@ -312,6 +346,15 @@ def make_step(loss_fn: Callable, tx: Any, *, averaging: Any = None, mesh: Any = 
     are those of the global batch, the same numbers as one device. Outputs keep the
     state's shardings, so step 2 reuses step 1's compilation.
 
+    **Flat parameters** (``flat_params=True``): ``state.params`` is a
+    :class:`~jtricks.FlatParams` (one vector per dtype; ``state.params.tree()`` is the
+    usual tree), and so are the gradients, the optimizer state's params-shaped parts
+    and the averages: a step moves a few arrays instead of one per leaf, and the
+    optimizer makes one pass over each vector. ``loss_fn`` (and ``fit``'s ``eval_fn``)
+    still receive the tree, and ``step.eval_params(state)`` returns it. Transforms
+    that look at leaf shapes or at the tree's structure are refused by ``step.init``
+    (see ``SHAPE_DEPENDENT``); not with ``mesh``.
+
     Args:
         loss_fn: ``(params, model_state, batch, key) -> (loss, (model_state,
             metrics))`` with a scalar ``loss``.
@@ -322,6 +365,8 @@ def make_step(loss_fn: Callable, tx: Any, *, averaging: Any = None, mesh: Any = 
         zero: ZeRO-1: split the optimizer state over ``data_axis`` too.
         param_sharding: ``None`` (replicated), ``"fsdp"``, or a tree of
             ``PartitionSpec`` matching the params.
+        flat_params: store the params as :func:`jtricks.flat_params` (one vector
+            per dtype), for models of many small arrays; see above.
 
     Returns:
         A :class:`Step`: ``step.init(params, key, model_state)`` builds the state,
@@ -339,4 +384,4 @@ def make_step(loss_fn: Callable, tx: Any, *, averaging: Any = None, mesh: Any = 
         >>> state, metrics = step(state, (x, y))
     """
     return Step(loss_fn, tx, averaging, mesh=mesh, data_axis=data_axis, zero=zero,
-                param_sharding=param_sharding)
+                param_sharding=param_sharding, flat_params=flat_params)
