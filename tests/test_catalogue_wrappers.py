@@ -22,12 +22,9 @@ import optax
 import pytest
 from cases_wrappers import ROWS, every_other
 from catalogue import (
-    check_bf16,
     check_fp32_parity,
-    donated_two_steps,
-    lr_programs,
+    family_tests,
     paths,
-    run_rows,
     signature_rows,
     state_layout,
 )
@@ -43,12 +40,6 @@ IDS = [name for name, _, _ in ROWS]
 SUBSET = {"apply_if_finite_adam", "conditionally_mask_sgd", "zero_nans_adam",
           "apply_every_sgd", "named_chain_adam"}
 TOL = dict(rtol=1e-5, atol=1e-6)
-
-
-@functools.cache
-def results(dtype_name: str):
-    rows = ROWS if dtype_name == "float32" else [r for r in ROWS if r[0] in SUBSET]
-    return run_rows(rows, dtype_name, restore=dtype_name == "float32")
 
 
 MODULES = (monitoring, conditional, constraints, steps, lookahead, freezing)
@@ -69,56 +60,6 @@ def test_signature_is_optax(ours, theirs):
 
 # --- the table ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("row", ROWS, ids=IDS)
-def test_state_layout_is_optax_at_init(row):
-    name, ours, theirs = row
-    for dtype in (jnp.float32, jnp.bfloat16):
-        params = make_params(0, dtype)
-        assert (state_layout(jax.eval_shape(ours().init, params))
-                == state_layout(jax.eval_shape(theirs().init, params))), (name, dtype)
-
-
-@pytest.mark.parametrize("row", ROWS, ids=IDS)
-def test_fp32_equals_optax_and_keeps_its_state(row):
-    ours, theirs, state, theirs_state = results("float32")[2][row[0]][:4]
-    check_fp32_parity(row[0], ours, theirs)
-    assert state_layout(state) == state_layout(theirs_state)
-
-
-@pytest.mark.parametrize("row", ROWS, ids=IDS)
-def test_optax_state_restores_and_continues(row):
-    (ours, state), (theirs, theirs_state) = results("float32")[2][row[0]][4:]
-    assert state_layout(state) == state_layout(theirs_state)
-    for path, a, b in zip(*paths((ours, state)), jax.tree.leaves((theirs, theirs_state))):
-        np.testing.assert_allclose(a, b, **TOL, err_msg=f"{row[0]} at {path}")
-
-
-@pytest.mark.parametrize("row", [r for r in ROWS if r[0] in SUBSET],
-                         ids=[r[0] for r in ROWS if r[0] in SUBSET])
-def test_bf16_stays_bf16_and_close_to_optax(row):
-    params, _, out = results("bfloat16")
-    initial = jax.eval_shape(row[1]().init, params)
-    check_bf16(row[0], params, out[row[0]], results("float32")[2][row[0]][0], initial)
-
-
-@pytest.mark.parametrize("row", ROWS, ids=IDS)
-def test_eval_shape_of_init(row):
-    params = make_params(0)
-    tx = row[1]()
-    shapes, real = jax.eval_shape(tx.init, params), tx.init(params)
-    assert jax.tree.structure(shapes) == jax.tree.structure(real)
-    for s, x in zip(jax.tree.leaves(shapes), jax.tree.leaves(real)):
-        assert (s.shape, s.dtype) == (x.shape, x.dtype)
-
-
-def test_donated_steps_give_the_trajectory():
-    params, noise, out = results("float32")
-    rows = [r for r in ROWS if r[0] in SUBSET]
-    ps = donated_two_steps(rows, params, noise)
-    for name, _, _ in rows:
-        for x, traj in zip(jax.tree.leaves(ps[name]), jax.tree.leaves(out[name][0])):
-            np.testing.assert_allclose(x, traj[1], rtol=1e-6, atol=1e-7, err_msg=name)
-
 
 LR_FACTORIES = {
     "apply_if_finite": lambda lr: conditional.apply_if_finite(adam(lr, b1=0.8), 2),
@@ -127,17 +68,7 @@ LR_FACTORIES = {
                                                    ("sgd", sgd(lr, momentum=0.5))),
 }
 
-
-def test_one_compilation_for_two_rates_and_vmap_over_rates():
-    params = make_params(3)
-    noise = noise_sequence(params, 8)
-    separate, swept = lr_programs(LR_FACTORIES, params, noise)
-    for name in LR_FACTORIES:
-        a, b = separate[0][name], separate[1][name]
-        assert not all(np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-        for i, run in enumerate(separate):
-            for x, y in zip(jax.tree.leaves(swept[name]), jax.tree.leaves(run[name])):
-                np.testing.assert_allclose(x[i], y, rtol=1e-5, atol=1e-5, err_msg=name)
+globals().update(family_tests(ROWS, SUBSET, LR_FACTORIES))
 
 
 # --- wrappers outside the table -----------------------------------------------------
