@@ -62,7 +62,7 @@ from flat_params import BATCH as MLP_BATCH
 from flat_params import forward_loss
 from flax import nnx
 from flax.training import train_state
-from results_md import replace_section
+from results_md import replace_section, targets_table
 from run import Runner, build, loadavg, machine, make_tree, mirrored, timed_rounds, tiny_2000
 
 import jtricks as jt
@@ -452,9 +452,7 @@ def targets(report: dict) -> str:
                     f"{'met' if ratio <= goal else '**not met**'} |")
         rows.append(f"| {name}: compile jt_flat / jt_tree | {comp:.2f} | <= 1.1 | "
                     f"{'met' if comp <= 1.1 else '**not met**'} |")
-    head = ["", "Targets of the issue, as measured in this run:", "",
-            "| target | measured | goal | |", "|---|---|---|---|"]
-    return "\n".join(head + rows) + "\n" if rows else ""
+    return targets_table(rows)
 
 
 def compact(report: dict) -> dict:

@@ -23,3 +23,13 @@ def replace_section(path: Path, name: str, block: str, title: str | None = None)
         heading = f"## {title}\n\n" if title else ""
         text = text.rstrip("\n") + f"\n\n{heading}{body}\n"
     path.write_text(text)
+
+
+def targets_table(rows: list[str]) -> str:
+    """The issue's targets as measured in one run: a markdown table over ``rows``
+    (``| target | measured | goal | met |`` lines), or nothing without rows."""
+    if not rows:
+        return ""
+    head = ["", "Targets of the issue, as measured in this run:", "",
+            "| target | measured | goal | |", "|---|---|---|---|"]
+    return "\n".join(head + rows) + "\n"

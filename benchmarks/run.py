@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import optax.contrib
-from results_md import replace_section
+from results_md import replace_section, targets_table
 
 import jtricks as jt
 
@@ -518,11 +518,7 @@ def targets(report: dict) -> str:
             add("peak memory of a jtricks step / (params + grads + state)",
                 f"max {ratio:.3f} ({extra / 1024:.0f} KiB beyond: output pointer table, "
                 "partial sums of norms)", "no params-sized temporary (<= 1.02)", ratio <= 1.02)
-    if not rows:
-        return ""
-    head = ["", "Targets of the issue, as measured in this run:", "",
-            "| target | measured | goal | |", "|---|---|---|---|"]
-    return "\n".join(head + rows) + "\n"
+    return targets_table(rows)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -48,7 +48,7 @@ import numpy as np
 import optax
 from fit_loop import MLP
 from fit_loop import load as load_digits
-from results_md import replace_section
+from results_md import replace_section, targets_table
 from run import loadavg, machine
 
 import jtricks as jt
@@ -360,11 +360,7 @@ def targets(report: dict) -> str:
         rows.append(f"| {model}, K=16: same best rate and accuracy (within {ACC_TOL}) | "
                     f"{j['best_lr']:.2g} / {o['best_lr']:.2g}, {j['best_acc']:.3f} / "
                     f"{o['best_acc']:.3f} | same | {'met' if same else '**not met**'} |")
-    if not rows:
-        return ""
-    head = ["", "Targets of the issue, as measured in this run:", "",
-            "| target | measured | goal | |", "|---|---|---|---|"]
-    return "\n".join(head + rows) + "\n"
+    return targets_table(rows)
 
 
 def main(argv: list[str] | None = None) -> dict:
