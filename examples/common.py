@@ -48,11 +48,26 @@ def mnist1d(seed: int = 42, n_train: int | None = None, val: int = 0):
 
 @functools.lru_cache(maxsize=2)
 def _mnist1d(seed: int) -> dict:
+    # Generating the 5,000 signals (and importing the generator) takes seconds of CPU
+    # time: the arrays are kept in runs/ for the next run, keyed by the generator's
+    # version (its default arguments are fixed within a version) and the seed.
+    from importlib.metadata import version
+
+    keys = ("x", "y", "x_test", "y_test")
+    path = ROOT / "runs" / ".data" / f"mnist1d-{version('mnist1d')}-seed{seed}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return {k: f[k] for k in keys}
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
     args.seed = seed
-    return make_dataset(args)  # about a second: kept for the next experiment
+    data = make_dataset(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **{k: data[k] for k in keys})
+    tmp.replace(path)  # atomic: a crash never leaves half a file behind
+    return {k: data[k] for k in keys}
 
 
 def digits(seed: int = 0, n_train: int | None = None, mnist_dir: Path | None = None):
@@ -126,9 +141,27 @@ def dense_init(key, n_in, n_out, kernel_init=None):
     return {"w": kernel_init(key, (n_in, n_out)), "b": jnp.zeros(n_out)}
 
 
+def jit_init(init):
+    """``init(key, *static)`` as one compiled program per ``static`` (hashable: sizes,
+    initialisers, options). Called eagerly, every initialiser of every layer shape
+    would compile its own small programs (random bits, a truncated normal, a QR),
+    which costs more CPU time than a short training run."""
+    compiled = functools.lru_cache(maxsize=None)(
+        lambda *static: jit(lambda key: init(key, *static)))
+
+    def call(key, *static):
+        if isinstance(key, jax.core.Tracer):  # inside a traced program already
+            return init(key, *static)
+        return compiled(*static)(key)
+
+    return functools.wraps(init)(call)
+
+
+@jit_init
 def mlp_init(key, sizes, kernel_init=None, norm=None):
     """Dense layers; ``norm`` in (None, "batch", "layer", "weight") on hidden layers.
     Returns ``(params, model_state)`` (batch norm's running statistics)."""
+    sizes = tuple(sizes)
     params, state = [], []
     for i, k in enumerate(jax.random.split(key, len(sizes) - 1)):
         layer, s = dense_init(k, sizes[i], sizes[i + 1], kernel_init), {}
@@ -169,11 +202,20 @@ def mlp_apply(params, state, x, key=None, *, training=False, act=jax.nn.relu, ra
 
 
 def _conv(x, w, b, stride, padding):
-    out = jax.lax.conv_general_dilated(x, w, (stride,), [(padding, padding)],
-                                       dimension_numbers=("NWC", "WIO", "NWC"))
-    return out + b
+    """A 1-D convolution (cross-correlation, as ``lax.conv_general_dilated`` and
+    PyTorch's ``Conv1d``) of ``x [N, L, C_in]`` with ``w [k, C_in, C_out]``, written
+    as one matrix product over the k shifted copies of the input: on a CPU, XLA's
+    convolutions of these small channel counts (and their gradients) run several
+    times slower than the matrix product, and take longer to compile."""
+    k, length = w.shape[0], x.shape[1]
+    x = jnp.pad(x, ((0, 0), (padding, padding), (0, 0)))
+    n_out = (length + 2 * padding - k) // stride + 1
+    span = stride * (n_out - 1) + 1
+    patches = jnp.concatenate([x[:, j:j + span:stride] for j in range(k)], axis=-1)
+    return patches @ w.reshape(-1, w.shape[-1]) + b
 
 
+@jit_init
 def cnn_init(key, channels=25, length=40, n_out=10, kernel_init=None):
     """The MNIST-1D paper's CNN: three ReLU conv layers (kernels 5, 3, 3, stride 2,
     padding 1, 25 channels), then one dense layer on the flattened features."""
@@ -194,7 +236,8 @@ def cnn_apply(params, x):
     return h @ params["out"]["w"] + params["out"]["b"]
 
 
-def resnet_init(key, channels=32, blocks=3, n_out=10):
+@jit_init
+def resnet_init(key, channels=16, blocks=3, n_out=10):
     """A small 1-D ResNet: a stem conv, ``blocks`` residual blocks (two kernel-3
     convs each, layer-normalised), global average pooling and a dense head."""
     k = jax.random.split(key, 2 * blocks + 2)
@@ -248,16 +291,22 @@ def mlp_loss(act=jax.nn.relu, rate=0.0):
 # --- training ------------------------------------------------------------------------
 
 
-def train_epochs(step, state, train, *, epochs, batch_size, key, evaluate):
+def train_epochs(step, state, train, *, epochs, batch_size, key, evaluate, eval_every=1):
     """A pure, vmappable training run: ``epochs`` shuffled passes of ``step.apply``.
 
-    ``evaluate(step, state) -> {name: scalar}`` runs after every epoch. Returns
-    ``(state, history)`` with ``history[name]`` of shape ``[epochs]`` (the epoch means
-    ``train_loss`` / ``train_accuracy``, and ``evaluate``'s values) and
-    ``history["steps"]`` holding each step's ``loss`` and ``grad_norm``.
+    ``evaluate(step, state) -> {name: scalar}`` runs after every ``eval_every``-th
+    epoch (``epochs`` must be a multiple of it; evaluating less often saves the
+    evaluation's compute when it costs more than the training). Returns
+    ``(state, history)`` with ``history[name]`` of shape ``[epochs // eval_every]``
+    (``train_loss`` / ``train_accuracy``: the means over the epoch just before each
+    evaluation, and ``evaluate``'s values) and ``history["steps"]`` holding each
+    step's ``loss`` and ``grad_norm``, shape ``[epochs // eval_every, steps between]``.
     ``jt.train.fit`` is the same loop for one run, with early stopping; this one can
     be vmapped (a learning-rate sweep, an ensemble, several initialisations at once).
     """
+    if epochs % eval_every:
+        raise ValueError(f"train_epochs: epochs={epochs} is not a multiple of "
+                         f"eval_every={eval_every}; pick epochs = k * eval_every.")
     train = jax.tree.map(jnp.asarray, train)
     n = jax.tree.leaves(train)[0].shape[0]
     n_batches = n // batch_size
@@ -269,13 +318,17 @@ def train_epochs(step, state, train, *, epochs, batch_size, key, evaluate):
             state, m = step.apply(state, jax.tree.map(lambda a: a[rows], train))
             return state, {k: m[k] for k in ("loss", "grad_norm", "accuracy") if k in m}
 
-        state, m = jax.lax.scan(one, state, idx.reshape(n_batches, batch_size))
-        out = {"train_loss": m["loss"].mean(), "train_accuracy": m["accuracy"].mean(),
+        return jax.lax.scan(one, state, idx.reshape(n_batches, batch_size))
+
+    def block(state, keys):
+        state, m = jax.lax.scan(epoch, state, keys)
+        out = {"train_loss": m["loss"][-1].mean(), "train_accuracy": m["accuracy"][-1].mean(),
                **evaluate(step, state),
-               "steps": {"loss": m["loss"], "grad_norm": m["grad_norm"]}}
+               "steps": {"loss": m["loss"].ravel(), "grad_norm": m["grad_norm"].ravel()}}
         return state, out
 
-    return jax.lax.scan(epoch, state, jax.random.split(key, epochs))
+    keys = jax.random.split(key, epochs)
+    return jax.lax.scan(block, state, keys.reshape(epochs // eval_every, eval_every))
 
 
 def eval_stateless(apply, splits):

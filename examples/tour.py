@@ -8,8 +8,9 @@ penalty, EMA, SWA, an ensemble), optimisers, gradient clipping, learning-rate de
 and architectures. Each experiment is the ``--quick`` run of its own script
 (``examples/trick_*.py``), writes a plot, and returns a row; the tour prints the
 table and writes it with the plots to ``runs/tour/REPORT.md`` (and the numbers to
-``runs/tour/results.json``). About three minutes on two CPU cores; ``--full`` runs
-the longer versions; any accelerator JAX sees is used unchanged.
+``runs/tour/results.json``), with the wall and CPU seconds of each experiment.
+About 270 s of CPU time on a CPU (compilation included); ``--full`` runs the longer
+versions; any accelerator JAX sees is used unchanged.
 
 Usage: ``python examples/tour.py [--full] [--only init,dropout] [--out runs/tour]``
 """
@@ -29,18 +30,19 @@ EXPERIMENTS = ("scaling", "init", "norm", "dropout", "overfitting", "optimizers"
                "clipping", "lr_decay", "architectures")
 
 
-def table(rows, seconds):
+def table(rows, seconds, timings=None):
     head = ["| claim | what was measured | with the trick | without | holds here? | plot |",
             "|---|---|---|---|---|---|"]
     lines = [f"| {r['claim']} | {r['measured']} | {r['with']} | {r['without']} | "
              f"{'yes' if r['holds'] else '**no**'} | [{r['plot']}]({r['plot']}) |"
              for r in sorted(rows, key=lambda r: int(r["claim"].split(".")[0]))]
     held = sum(r["holds"] for r in rows)
+    spent = ", ".join(f"{n} {t:.0f} s" for n, t in (timings or {}).items())
     return "\n".join([*head, *lines, "", f"{held} of {len(rows)} claims held at this scale; "
-                      f"{seconds:.0f} s in all."])
+                      f"{seconds:.0f} s in all" + (f" ({spent})." if spent else ".")])
 
 
-def report(rows, seconds, size, out: Path):
+def report(rows, seconds, size, out: Path, timings=None, cpu_seconds=None):
     plots = sorted({r["plot"] for r in rows})
     text = [
         "# The training-tricks lesson, measured", "",
@@ -48,10 +50,12 @@ def report(rows, seconds, size, out: Path):
         f"{jax.devices()[0].platform.upper()} ({size} sizes). Each row is one experiment;"
         " 'holds here?' says whether the lesson's claim showed at this (small) scale. "
         "Where it did not, the row says so: nothing was tuned until it did.", "",
-        table(rows, seconds), "", *[f"![{p}]({p})" for p in plots], ""]
+        table(rows, seconds, timings), "", *[f"![{p}]({p})" for p in plots], ""]
     (out / "REPORT.md").write_text("\n".join(text))
     (out / "results.json").write_text(json.dumps(
-        {"seconds": seconds, "size": size, "rows": rows}, indent=1, default=float))
+        {"seconds": seconds, "seconds_per_experiment": timings or {},
+         "cpu_seconds_per_experiment": cpu_seconds or {}, "size": size,
+         "rows": rows}, indent=1, default=float))
 
 
 def main(argv=None):
@@ -73,15 +77,20 @@ def main(argv=None):
 
     c.compilation_cache(args.out / ".jax_cache")
 
-    t0, rows = time.perf_counter(), []
+    # Wall and CPU seconds per experiment (CPU: this process's user + system time,
+    # less sensitive than wall time to other work on a shared machine).
+    t0, rows, timings, cpu_seconds = time.perf_counter(), [], {}, {}
     bar = tqdm(names, unit="experiment")
     for name in bar:
         bar.set_description(name)
+        start, cpu = time.perf_counter(), time.process_time()
         module = importlib.import_module(f"trick_{name}")
         rows += module.run(args.size, args.out, args.seed)
+        timings[name] = time.perf_counter() - start
+        cpu_seconds[name] = time.process_time() - cpu
     seconds = time.perf_counter() - t0
-    report(rows, seconds, args.size, args.out)
-    print(table(rows, seconds))
+    report(rows, seconds, args.size, args.out, timings, cpu_seconds)
+    print(table(rows, seconds, timings))
     print(f"\nwritten: {args.out / 'REPORT.md'} and one PNG per experiment")
     return rows
 

@@ -40,7 +40,7 @@ def run(size, out, seed):
         step = jt.train.make_step(c.stateless_loss(apply), jt.adam(3e-3))
         st = step.init(params, jax.random.key(seed + 1))
         ev = c.eval_stateless(apply, {"test": d["test"]})
-        fn = jax.jit(lambda st, step=step, ev=ev: c.train_epochs(
+        fn = c.jit(lambda st, step=step, ev=ev: c.train_epochs(
             step, st, d["train"], epochs=cfg["epochs"], batch_size=100,
             key=jax.random.key(seed + 2), evaluate=ev)[1])
         hists[name] = c.host(fn(st))

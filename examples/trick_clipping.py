@@ -23,7 +23,7 @@ import numpy as np
 
 import jtricks as jt
 
-SIZE = {"tiny": dict(epochs=1), "quick": dict(epochs=10), "full": dict(epochs=40)}
+SIZE = {"tiny": dict(epochs=1), "quick": dict(epochs=6), "full": dict(epochs=40)}
 THETAS = (np.inf, 10.0, 1.0)
 GAIN, LR = 2.0, 0.05
 SIZES = (40,) + (64,) * 16 + (10,)
@@ -35,8 +35,8 @@ def run(size, out, seed):
     init = jt.init.variance_scaling(GAIN**2, "fan_in", "normal")
     params, model_state = c.mlp_init(jax.random.key(seed), SIZES, init)
     x, y = d["train"]
-    grads = jax.grad(lambda p: c.cross_entropy(
-        c.mlp_apply(p, model_state, x[:500], act=jnp.tanh)[0], y[:500]))(params)
+    grads = c.jit(jax.grad(lambda p: c.cross_entropy(
+        c.mlp_apply(p, model_state, x[:500], act=jnp.tanh)[0], y[:500])))(params)
     rep = jt.diagnostics.report(grads, params=params,
                                 thresholds=jt.diagnostics.Thresholds(grad_explode=10.0))
     ev = c.eval_mlp({"test": d["test"]}, act=jnp.tanh)

@@ -20,7 +20,7 @@ import numpy as np
 import jtricks as jt
 
 NORMS = (None, "batch", "layer", "weight")
-SIZE = {"tiny": dict(epochs=2, norms=NORMS[:2]), "quick": dict(epochs=20, norms=NORMS),
+SIZE = {"tiny": dict(epochs=2, norms=NORMS[:2]), "quick": dict(epochs=12, norms=NORMS),
         "full": dict(epochs=80, norms=NORMS)}
 SIZES = (40,) + (64,) * 8 + (10,)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 import jtricks as jt
 
-SIZE = {"tiny": dict(epochs=2), "quick": dict(epochs=30), "full": dict(epochs=100)}
+SIZE = {"tiny": dict(epochs=2), "quick": dict(epochs=20), "full": dict(epochs=100)}
 NAMES = ("raw 0..255", "min-max [0, 1]", "standardised")
 
 
