@@ -76,6 +76,35 @@ def _check_model_state(old: PyTree, new: PyTree) -> None:
             )
 
 
+SMALL_LEAF = 4096
+"""Gradient leaves of at most this many elements are gathered for the norm metric."""
+
+
+def _grad_norm(grads: PyTree, on_mesh: bool = False) -> jax.Array:
+    """The overflow-safe global L2 norm of ``grads`` in a few reductions.
+
+    A reduction per leaf is a kernel launch per leaf: on a model of 400 small arrays
+    that and the overflow fallback's ``cond`` over every leaf made the step ~10%
+    slower than without the metric (2-core CPU). Gathered into one vector per dtype
+    (one copy kernel), the small leaves cost one reduction and the ``cond`` sees a
+    few operands. Large leaves keep their own reduction (gathering them would copy
+    the gradient), and so does every leaf on a mesh (a gather would replicate the
+    sharded gradient)."""
+    leaves = jax.tree.leaves(grads)
+    if on_mesh or sum(1 for x in leaves if np.size(x) <= SMALL_LEAF) < 2:
+        return jtree.global_norm(leaves, overflow_safe=True)
+    small: dict[Any, list] = {}
+    parts = []
+    for x in leaves:
+        if np.size(x) <= SMALL_LEAF:
+            dtype = jtree.acc_dtype(x)
+            small.setdefault(dtype, []).append(jnp.ravel(x).astype(dtype))
+        else:
+            parts.append(x)
+    parts += [v[0] if len(v) == 1 else jnp.concatenate(v) for v in small.values()]
+    return jtree.global_norm(parts, overflow_safe=True)
+
+
 def step_body(state: TrainState, batch: PyTree, tx: Transform, averaging: Any,
               loss_fn: Callable, layout: Layout | None = None) -> tuple[TrainState, dict]:
     """One optimizer step as a pure function (jitted, scanned or vmapped by callers).
@@ -105,7 +134,7 @@ def step_body(state: TrainState, batch: PyTree, tx: Transform, averaging: Any,
     params = apply_updates(state.params, updates)
     if layout is not None:  # ZeRO-1: updates come split like the state; params do not
         params = layout.like_params(params)
-    grad_norm = jtree.global_norm(grads, overflow_safe=True)
+    grad_norm = _grad_norm(grads, on_mesh=layout is not None)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # A non-finite step must not poison the running statistics either (the params
     # are protected by skip_nonfinite when the optimizer is wrapped in it).
@@ -123,9 +152,17 @@ def step_body(state: TrainState, batch: PyTree, tx: Transform, averaging: Any,
 _jit_step = jax.jit(step_body, static_argnames=("loss_fn", "layout"), donate_argnums=(0,))
 
 
+def _leaf_spec(x: Any) -> tuple:
+    # Arrays answer .shape/.dtype directly; jnp.result_type costs microseconds a call,
+    # which a batch of a thousand arrays would pay on every step.
+    if isinstance(x, jax.Array):
+        return x.shape, x.dtype
+    return np.shape(x), jnp.result_type(x)
+
+
 def _batch_spec(batch: PyTree) -> tuple:
     leaves, treedef = jax.tree.flatten(batch)
-    return treedef, tuple((np.shape(x), jnp.result_type(x)) for x in leaves)
+    return treedef, tuple(map(_leaf_spec, leaves))
 
 
 def _batch_mismatch(where: str, first: tuple, batch: PyTree) -> ValueError:
