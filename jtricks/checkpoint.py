@@ -63,6 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jtricks import checkpoint_forms as forms
 from jtricks import tree as jtree
 
 PyTree = Any
@@ -309,112 +310,12 @@ def restore(path: str | os.PathLike, like: PyTree) -> PyTree:
             raise CheckpointError(f"restore: no ckpt_<step>.npz file in directory {path!r}.")
         path = found
     manifest, arrays = _read(path)
-    crossing = _crossing(like, [e["path"] for e in manifest["leaves"]], path)
+    crossing = forms.crossing(like, [e["path"] for e in manifest["leaves"]], path,
+                              CheckpointError)
     if crossing is not None:
         template, finish = crossing
         return finish(_fill(path, template, manifest, arrays))
     return _fill(path, like, manifest, arrays)
-
-
-# --- crossing between tree-shaped and flat parameters (make_step(flat_params=...)) ---
-
-
-def _is_flat(x: Any) -> bool:
-    from jtricks.transforms.flatten import FlatParams
-    return isinstance(x, FlatParams)
-
-
-def _paths(tree: PyTree) -> list[str]:
-    return [jtree.keystr(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
-def _flat_as_tree(flat: Any) -> PyTree:
-    """The tree a FlatParams stands for, as shapes and dtypes (its vectors' dtypes)."""
-    out: list[Any] = [None] * len(flat.shapes)
-    for name, idx in flat.groups:
-        dtype = flat.vectors[name].dtype
-        for i in idx:
-            out[i] = jax.ShapeDtypeStruct(flat.shapes[i], dtype)
-    return jax.tree.unflatten(flat.treedef, out)
-
-
-def _pack(layout: Any, tree: PyTree) -> Any:
-    """``tree`` (shaped like ``layout``'s params) as a FlatParams of ``layout``'s layout."""
-    leaves = jax.tree.leaves(tree)
-    vectors = {}
-    for name, idx in layout.groups:
-        parts = [jnp.ravel(leaves[i]) for i in idx]
-        vectors[name] = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
-    return layout.replace(vectors=vectors)
-
-
-def _crossing(like: PyTree, saved: list[str], path: str):
-    """``(template, finish)`` to restore a checkpoint saved with the params in the other
-    form (tree vs :class:`~jtricks.FlatParams`) into ``like``, or ``None`` when the
-    checkpoint's paths are ``like``'s own (or no crossing applies)."""
-    if saved == _paths(like):
-        return None
-    parts, outer = jax.tree.flatten(like, is_leaf=_is_flat)
-    if any(_is_flat(x) for x in parts):
-        # Saved from the tree: each FlatParams of `like` was its params-shaped tree.
-        template = outer.unflatten([_flat_as_tree(x) if _is_flat(x) else x for x in parts])
-
-        def finish(restored):
-            subs = outer.flatten_up_to(restored)
-            return outer.unflatten([_pack(x, sub) if _is_flat(x) else sub
-                                    for x, sub in zip(parts, subs)])
-    elif hasattr(like, "params") and any(".vectors[" in p for p in saved):
-        # Saved flat: each subtree of `like` shaped like its params was a FlatParams.
-        from jtricks.transforms.flatten import flat_params
-        layout = jax.eval_shape(flat_params, like.params)
-        ptree = jax.tree.structure(like.params)
-        shapes = [np.shape(x) for x in jax.tree.leaves(like.params)]
-
-        def params_shaped(x):
-            leaves, tdef = jax.tree.flatten(x)
-            return (tdef == ptree and bool(leaves)
-                    and [np.shape(v) for v in leaves] == shapes)
-
-        parts, outer = jax.tree.flatten(like, is_leaf=params_shaped)
-        mapped = [params_shaped(x) for x in parts]
-
-        def as_flat(x):
-            leaves = jax.tree.leaves(x)
-            vectors = {}
-            for name, idx in layout.groups:
-                dtype = {jnp.result_type(leaves[i]) for i in idx}
-                if len(dtype) != 1:
-                    raise CheckpointError(
-                        f"restore: cannot map a subtree of `like` to the flat layout of "
-                        f"{path!r}: the leaves of its {name} group have dtypes "
-                        f"{sorted(d.name for d in dtype)}. Give each group one dtype."
-                    )
-                size = sum(int(np.prod(layout.shapes[i], dtype=np.int64)) for i in idx)
-                vectors[name] = jax.ShapeDtypeStruct((size,), dtype.pop())
-            return layout.replace(vectors=vectors)
-
-        template = outer.unflatten([as_flat(x) if m else x for x, m in zip(parts, mapped)])
-
-        def finish(restored):
-            subs = outer.flatten_up_to(restored)
-            return outer.unflatten([sub.tree() if m else sub for sub, m in zip(subs, mapped)])
-    else:
-        return None
-    got = _paths(template)
-    if got != saved:
-        first = next((i for i, (a, b) in enumerate(zip(got, saved)) if a != b),
-                     min(len(got), len(saved)))
-        mine = got[first] if first < len(got) else "(nothing)"
-        theirs = saved[first] if first < len(saved) else "(nothing)"
-        raise CheckpointError(
-            f"restore: {path!r} holds the parameters in the other form (tree vs "
-            "flat_params), and its state cannot be mapped onto `like`: at leaf "
-            f"#{first} `like` (converted) has {mine} but the checkpoint has {theirs}. "
-            "Only subtrees shaped like the params (the params, Adam's moments, EMA "
-            "averages...) are converted; build `like` with the same model, optimizer "
-            "and averaging as the saved run."
-        )
-    return template, finish
 
 
 def _fill(path: str, like: PyTree, manifest: dict, arrays: list) -> PyTree:
