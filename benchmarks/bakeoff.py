@@ -66,6 +66,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 import common  # noqa: E402  (examples/common.py: the MNIST-1D loader and its CNN)
+from run import loadavg  # noqa: E402  (benchmarks/run.py: one load-average reader)
 
 RESULTS = HERE / "results"
 
@@ -541,14 +542,6 @@ def run_task(task: Task, names: list[str], k: int, repeats: int, log=print) -> d
                                                      target)
             entry["vs_adamw"] = entry["best_val_loss"] - target
     return out
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def machine() -> dict:
