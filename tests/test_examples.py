@@ -1,10 +1,10 @@
 """The examples' quick paths, checked on what they write.
 
-One subprocess runs the tour's smoke mode (the README's command, a few experiments
-for a step or two); the MNIST-1D table on a short budget, the four model styles
-against optax and a per-claim script on real-MNIST IDX files the test writes run in
-this process (their compiled programs are shared, no interpreter start-up each);
-and the IDX reader's errors.
+One subprocess runs the tour's smoke mode (the README's main command, every experiment
+for a step or two); the digits MLP, the MNIST-1D table on a short budget, the four
+model styles against optax and a per-claim script on real-MNIST IDX files the test
+writes run in this process (their compiled programs are shared, no interpreter
+start-up each); and the IDX reader's errors.
 """
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ def _finite(tree):
 
 
 def test_tour_smoke_writes_a_row_a_plot_and_the_measured_claims(tmp_path):
-    # The experiments with the claims that hold at initialisation; the others are the
-    # same loop (common.train_epochs) on other models and optimizers.
-    out = _run("tour.py", "--tiny", "--only", "scaling,init", "--out", tmp_path)
+    # The README's main command, every experiment for a step or two.
+    out = _run("tour.py", "--tiny", "--out", tmp_path)
     result = json.loads((tmp_path / "results.json").read_text())
     rows = {int(r["claim"].split(".")[0]): r for r in result["rows"]}
-    assert sorted(rows) == [1, 2, 3]
+    assert sorted(rows) == list(range(1, 11))
+    assert set(result["seconds_per_experiment"]) == set(_example("tour").EXPERIMENTS)
     report = (tmp_path / "REPORT.md").read_text()
     for r in rows.values():
         assert _finite(r["numbers"]), r
@@ -77,6 +77,20 @@ def test_tour_smoke_writes_a_row_a_plot_and_the_measured_claims(tmp_path):
     assert 0.3 < growth["he"] < 3
     # Training ran: above chance (10%) after a step or two.
     assert rows[3]["numbers"]["test_accuracy"]["he"] > 0.15
+    # Overfitting: plain and five tricks (six members side by side, EMA and SWA), early
+    # stopping picking among the recorded evaluations (every 3rd epoch: one here).
+    overfitting = rows[6]["numbers"]
+    assert set(overfitting["test_loss"]) == set(overfitting["test_accuracy"])
+    assert len(overfitting["test_loss"]) == 6 and overfitting["best_epoch"] == 3
+    # Learning-rate decay: the four schedules of the one vmapped transform.
+    assert len(rows[9]["numbers"]["train_loss"]) == 4
+
+
+def test_digits_mlp_trains_and_restores_the_best_epoch(tmp_path, capsys):
+    _example("digits_mlp").main(["--epochs", "2", "--no-plot", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    accuracy = float(out.split("test accuracy")[1].split(":")[1].split()[0])
+    assert 0.3 < accuracy <= 1.0 and "restored" in out, out
 
 
 def test_mnist1d_table_format_on_a_short_budget(tmp_path, capsys):
@@ -135,19 +149,6 @@ def test_the_examples_convolution_is_laxs():
                                            dimension_numbers=("NWC", "WIO", "NWC"))
         np.testing.assert_allclose(_common()._conv(x, w, 0.5, stride, 1), ref + 0.5,
                                    rtol=1e-5, atol=1e-5)
-
-
-def test_new_claim_scripts_run_and_report(tmp_path):
-    # lr decay (four schedules, one vmapped transform) and overfitting (six members,
-    # EMA and SWA side by side, early stopping on the recorded curve), on tiny sizes.
-    for name in ("lr_decay", "overfitting"):
-        row, = _example(f"trick_{name}").run("tiny", tmp_path, 0)
-        assert _finite(row["numbers"]), row
-        assert (tmp_path / row["plot"]).stat().st_size > 0
-    numbers = row["numbers"]  # the last row: overfitting
-    assert set(numbers["test_loss"]) == set(numbers["test_accuracy"])
-    assert len(numbers["test_loss"]) == 6  # plain and the five tricks
-    assert numbers["best_epoch"] == 3  # one evaluation (every 3rd epoch) to pick
 
 
 def test_every_model_style_matches_optax(tmp_path):
