@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.extend import core as jex_core
 
 import jtricks as jt
 from jtricks import train
@@ -363,3 +364,93 @@ def test_fit_batch_must_match_the_steps_first_batch():
     state, _ = step(state, batch_at(0))
     with pytest.raises(ValueError, match=r"fit: batch leaf \[0\] has shape \(16, 4\)"):
         train.fit(step, state, (x, y), batch_size=16, epochs=1, key=jax.random.key(0))
+
+
+# --- convolutions in a loop body (XLA CPU's fast kernel takes only NHWC / HWIO) ---------
+
+NHWC = tuple(jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2)))
+
+
+def conv_dims(jaxpr):
+    """The dimension numbers of every convolution in ``jaxpr``, at any depth."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive is jax.lax.conv_general_dilated_p:
+            out.append(tuple(eqn.params["dimension_numbers"]))
+        for sub in jex_core.jaxprs_in_params(eqn.params):
+            out += conv_dims(sub)
+    return out
+
+
+def conv_init(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {"nchw": 0.3 * jax.random.normal(k1, (4, 2, 3, 3)),  # OIHW
+            "nhwc": 0.3 * jax.random.normal(k2, (3, 3, 4, 4)),  # HWIO
+            "w": 0.3 * jax.random.normal(k3, (4, C))}
+
+
+def conv_loss(params, model_state, batch, key):
+    """An NCHW convolution, then an NHWC one under a jit: both layouts and a nesting."""
+    x, y = batch
+    h = jax.lax.conv_general_dilated(x, params["nchw"], (2, 2), "SAME",
+                                     dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    h = jax.jit(lambda h, k: jax.lax.conv_general_dilated(
+        h, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))(
+        jax.nn.relu(h).transpose(0, 2, 3, 1), params["nhwc"])
+    logits = jax.nn.relu(h).mean((1, 2)) @ params["w"]
+    loss = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+    return loss, (model_state, {})
+
+
+def conv_data(n=N):
+    x = np.random.default_rng(3).normal(size=(n, 2, 8, 8)).astype(np.float32)
+    return x, (x[:, 0, 0, 0] > 0).astype(np.int32)
+
+
+def test_canonical_convs_keeps_values_and_leaves_only_nhwc_convs():
+    from jtricks.train.convs import canonical_convs
+    step = train.make_step(conv_loss, jt.adam(1e-2))
+    state = step.init(conv_init(jax.random.key(0)), jax.random.key(1), None)
+    x, y = conv_data(2 * BS)
+    batches = (x.reshape(2, BS, *x.shape[1:]), y.reshape(2, BS))
+
+    def epoch(body):
+        return lambda s, b: jax.lax.scan(body, s, b)
+
+    plain = jax.make_jaxpr(epoch(step.apply))(state, batches)
+    assert set(conv_dims(plain.jaxpr)) - {NHWC}, "the backward pass has other layouts"
+    rewritten = jax.make_jaxpr(epoch(canonical_convs(step.apply)))(state, batches)
+    assert set(conv_dims(rewritten.jaxpr)) == {NHWC}
+    assert len(conv_dims(rewritten.jaxpr)) == len(conv_dims(plain.jaxpr))
+    (want, want_m), (got, got_m) = (jax.jit(epoch(f))(state, batches)
+                                    for f in (step.apply, canonical_convs(step.apply)))
+    chex.assert_trees_all_close(got.params, want.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_m["loss"], want_m["loss"], rtol=1e-5)
+    # Nothing to rewrite: the function is traced as it is.
+    dense = jax.make_jaxpr(canonical_convs(lambda p: xent(p, *data())))(init_params(
+        jax.random.key(0)))
+    assert str(dense) == str(jax.make_jaxpr(lambda p: xent(p, *data()))(init_params(
+        jax.random.key(0))))
+
+
+def test_fit_of_a_conv_model_equals_the_same_steps_one_by_one():
+    x, y = conv_data()
+    key = jax.random.key(5)
+
+    def fresh_conv():
+        step = train.make_step(conv_loss, jt.adam(1e-2))
+        return step, step.init(conv_init(jax.random.key(0)), jax.random.key(1), None)
+
+    step, state = fresh_conv()
+    state, hist = train.fit(step, state, (x, y), batch_size=BS, epochs=2, key=key)
+    ref_step, ref = fresh_conv()
+    losses = []
+    for _ in range(2):
+        perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, ref.step), N))
+        for b in range(N // BS):
+            idx = perm[b * BS:(b + 1) * BS]
+            ref, m = ref_step(ref, (x[idx], y[idx]))
+            losses.append(float(m["loss"]))
+    chex.assert_trees_all_close(state.params, ref.params, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(hist["train"]["loss"], np.reshape(losses, (2, -1)).mean(1),
+                               rtol=1e-5)

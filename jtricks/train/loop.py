@@ -17,6 +17,7 @@ import numpy as np
 from jtricks import sharding as jsharding
 from jtricks import tree as jtree
 from jtricks.base import Transform
+from jtricks.train.convs import canonical_convs
 from jtricks.train.early_stopping import EarlyStopper
 from jtricks.train.placement import constrain, onto_mesh
 from jtricks.train.state import TrainState
@@ -60,11 +61,13 @@ def _watch(es: EarlyStopper, es_state: Any, state: TrainState, train: dict,
 def _epoch(state: TrainState, es_state: Any, train_data: PyTree, eval_data: PyTree,
            key: jax.Array, tx: Transform, averaging: Any, es: EarlyStopper | None, *,
            loss_fn: Callable, eval_fn: Callable | None, batch_size: int,
-           monitor: str | None, layout: Any = None):
+           monitor: str | None, layout: Any = None, on_cpu: bool = False):
     """One epoch: ``(state, es_state, train_metrics, eval_metrics, stop)``.
 
     ``stop`` is a separate copy of the early-stopping flag, so the host can read it
-    after ``es_state`` was donated to the next epoch.
+    after ``es_state`` was donated to the next epoch. ``on_cpu``: the steps (a loop
+    body) and ``eval_fn`` get their convolutions in XLA CPU's fast layout
+    (:mod:`jtricks.train.convs`).
     """
     n = jax.tree.leaves(train_data)[0].shape[0]
     num_batches = n // batch_size
@@ -74,8 +77,13 @@ def _epoch(state: TrainState, es_state: Any, train_data: PyTree, eval_data: PyTr
     if layout is not None:  # each step's batch split over the data axis
         split = layout.batch_sharding(leading=1)
         batches = constrain(batches, jax.tree.map(lambda _: split, batches))
-    state, step_metrics = jax.lax.scan(
-        lambda s, b: step_body(s, b, tx, averaging, loss_fn, layout), state, batches)
+    def body(s, b):
+        return step_body(s, b, tx, averaging, loss_fn, layout)
+
+    if on_cpu:
+        body = canonical_convs(body)
+        eval_fn = eval_fn if eval_fn is None else canonical_convs(eval_fn)
+    state, step_metrics = jax.lax.scan(body, state, batches)
     train = {k: jnp.mean(v.astype(jnp.float32), axis=0) for k, v in step_metrics.items()}
     evaluated = {} if eval_fn is None else _evaluate(state, eval_data, averaging, eval_fn)
     stop = jnp.asarray(False)
@@ -86,7 +94,7 @@ def _epoch(state: TrainState, es_state: Any, train_data: PyTree, eval_data: PyTr
     return state, es_state, train, evaluated, stop
 
 
-_EPOCH_STATIC = ("loss_fn", "eval_fn", "batch_size", "monitor", "layout")
+_EPOCH_STATIC = ("loss_fn", "eval_fn", "batch_size", "monitor", "layout", "on_cpu")
 _jit_epoch = jax.jit(_epoch, static_argnames=_EPOCH_STATIC, donate_argnums=(0, 1))
 # With early stopping the state is not donated: epoch e + 1 is queued before epoch e's
 # stop flag is read, and if it is set, epoch e's state is the one returned. (Once
@@ -159,6 +167,14 @@ def _fit_layout(step: Step, mesh: Any, batch_size: int) -> Any:
             f"axis {step.data_axis!r}; use a multiple of {size}."
         )
     return step.layout
+
+
+def _on_cpu(data: PyTree, layout: Any) -> bool:
+    """Whether the epoch runs on XLA CPU (where the data lies)."""
+    if layout is not None:
+        return layout.mesh.devices.flat[0].platform == "cpu"
+    leaf = jax.tree.leaves(data)[0]
+    return next(iter(leaf.devices())).platform == "cpu"
 
 
 def _place_data(data: PyTree, layout: Any) -> PyTree:
@@ -333,6 +349,7 @@ def fit(step: Step, state: TrainState, train_data: PyTree, *, batch_size: int, e
     # Put the data on the device(s) once, not once per epoch.
     train_data = _place_data(train_data, layout)
     eval_data = _place_data(eval_data, layout)
+    on_cpu = _on_cpu(train_data, layout)
     step.check_batch(jax.tree.map(
         lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), train_data),
         where="fit")
@@ -349,7 +366,8 @@ def fit(step: Step, state: TrainState, train_data: PyTree, *, batch_size: int, e
                           step.averaging, es, loss_fn=step.adapt(step.loss_fn),
                           eval_fn=None if eval_fn is None else step.adapt(eval_fn),
                           batch_size=int(batch_size),
-                          monitor=monitor if es is not None else None, layout=layout)
+                          monitor=monitor if es is not None else None, layout=layout,
+                          on_cpu=on_cpu)
 
     history = _History(epochs, progress, watching=es is not None)
     try:
