@@ -31,4 +31,5 @@ def test_vmapped_sweep_equals_separate_runs():
     swept = sweep.sweep_jt_vmap(task, lrs)  # (rate, [accuracy, loss])
     alone = sweep.sweep_jt_separate(task, lrs)
     np.testing.assert_allclose(swept, alone, rtol=1e-5)
+    np.testing.assert_allclose(sweep.sweep_jt_map(task, lrs), alone, rtol=1e-5)
     assert swept[0, 1] != swept[1, 1]  # the two rates trained differently
