@@ -296,7 +296,10 @@ def restore(path: str | os.PathLike, like: PyTree) -> PyTree:
     :class:`~jtricks.FlatParams` on one side and as the params' tree on the other (the
     params, Adam's moments, EMA averages) is converted with ``like``'s layout, the
     rest (counts, keys, scalars) is read as it is; a state that cannot be mapped so
-    raises :class:`CheckpointError` naming the first leaf that differs.
+    raises :class:`CheckpointError` naming the first leaf that differs. Flat vectors
+    padded for another device count (``jt.flat_params(..., pad_to=n)``, what
+    ``make_step(mesh=...)`` stores) are cut or zero-padded to ``like``'s length, and
+    the padding is dropped when they restore into the tree.
 
     Raises:
         CheckpointError: the file is missing, truncated or corrupted (nothing is
@@ -310,8 +313,7 @@ def restore(path: str | os.PathLike, like: PyTree) -> PyTree:
             raise CheckpointError(f"restore: no ckpt_<step>.npz file in directory {path!r}.")
         path = found
     manifest, arrays = _read(path)
-    crossing = forms.crossing(like, [e["path"] for e in manifest["leaves"]], path,
-                              CheckpointError)
+    crossing = forms.crossing(like, manifest["leaves"], path, CheckpointError)
     if crossing is not None:
         template, finish = crossing
         return finish(_fill(path, template, manifest, arrays))

@@ -1,7 +1,8 @@
-"""Restoring a checkpoint saved with the parameters in the other form: a state of
+"""Restoring a checkpoint saved with the parameters in another form: a state of
 ``make_step(..., flat_params=False)`` into a ``flat_params=True`` step's ``like``, and
-back (used by :func:`jtricks.checkpoint.restore`, which passes its ``CheckpointError``
-as ``error``: this module imports nothing of it)."""
+back, and flat vectors padded for one device count into a ``like`` padded for another
+(used by :func:`jtricks.checkpoint.restore`, which passes its ``CheckpointError`` as
+``error``: this module imports nothing of it)."""
 
 from __future__ import annotations
 
@@ -36,26 +37,76 @@ def _flat_as_tree(flat: Any) -> PyTree:
 
 
 def _pack(layout: Any, tree: PyTree) -> Any:
-    """``tree`` (shaped like ``layout``'s params) as a FlatParams of ``layout``'s layout."""
+    """``tree`` (shaped like ``layout``'s params) as a FlatParams of ``layout``'s layout,
+    each vector zero-padded to the length of ``layout``'s."""
+    from jtricks.transforms.flatten import resize
     leaves = jax.tree.leaves(tree)
     vectors = {}
     for name, idx in layout.groups:
         parts = [jnp.ravel(leaves[i]) for i in idx]
-        vectors[name] = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+        vector = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+        vectors[name] = resize(vector, layout.vectors[name].shape[0])
     return layout.replace(vectors=vectors)
 
 
-def crossing(like: PyTree, saved: list[str], path: str, error: type[Exception]):
-    """``(template, finish)`` to restore a checkpoint saved with the params in the other
-    form (tree vs :class:`~jtricks.FlatParams`) into ``like``, or ``None`` when the
-    checkpoint's paths are ``like``'s own (or no crossing applies)."""
-    if saved == _paths(like):
+def _saved_lengths(tree: PyTree, shapes: dict[str, tuple]) -> PyTree:
+    """``tree`` with each FlatParams vector as a ShapeDtypeStruct of the length the
+    checkpoint holds at its path (the padding may differ from ``tree``'s)."""
+    def one(kp, x):
+        if not _is_flat(x):
+            return x
+        vectors = {}
+        for sub, v in jax.tree_util.tree_flatten_with_path(x)[0]:  # sub: .vectors[name]
+            shape = shapes.get(jtree.keystr(tuple(kp) + tuple(sub)), np.shape(v))
+            vectors[sub[-1].key] = jax.ShapeDtypeStruct(shape, jnp.result_type(v))
+        return x.replace(vectors=vectors)
+    return jax.tree_util.tree_map_with_path(one, tree, is_leaf=_is_flat)
+
+
+def _repadded(like: PyTree, shapes: dict[str, tuple], path: str, error: type[Exception]):
+    """Saved flat with the same paths, padded to another length (another device
+    count): read at the saved lengths, then cut or zero-padded to ``like``'s."""
+    from jtricks.transforms.flatten import resize
+    template = _saved_lengths(like, shapes)
+    parts, outer = jax.tree.flatten(like, is_leaf=_is_flat)
+    saved = outer.flatten_up_to(template)
+    if all(not _is_flat(x) or jax.tree.map(np.shape, x.vectors)
+           == jax.tree.map(np.shape, s.vectors) for x, s in zip(parts, saved)):
         return None
+    for x, s in zip(parts, saved):
+        if _is_flat(x):
+            for name, size in x.sizes().items():
+                if s.vectors[name].shape[0] < size:
+                    raise error(
+                        f"restore: {path!r} holds a flat {name} vector of "
+                        f"{s.vectors[name].shape[0]} elements where `like`'s parameters "
+                        f"have {size}; build `like` with the same model as the saved run."
+                    )
+
+    def finish(restored):
+        subs = outer.flatten_up_to(restored)
+        return outer.unflatten([
+            x.replace(vectors={k: resize(v, x.vectors[k].shape[0])
+                               for k, v in sub.vectors.items()}) if _is_flat(x) else sub
+            for x, sub in zip(parts, subs)])
+    return template, finish
+
+
+def crossing(like: PyTree, entries: list[dict], path: str, error: type[Exception]):
+    """``(template, finish)`` to restore a checkpoint (its manifest ``entries``) saved
+    with the params in another form (tree vs :class:`~jtricks.FlatParams`, or flat
+    with another padding) into ``like``, or ``None`` when the checkpoint's leaves are
+    ``like``'s own (or no crossing applies)."""
+    saved = [e["path"] for e in entries]
+    shapes = {e["path"]: tuple(e["shape"]) for e in entries}
+    if saved == _paths(like):
+        return _repadded(like, shapes, path, error)
     parts, outer = jax.tree.flatten(like, is_leaf=_is_flat)
     if any(_is_flat(x) for x in parts):
         template, finish = _from_tree(parts, outer)
     elif hasattr(like, "params") and any(".vectors[" in p for p in saved):
         template, finish = _from_flat(like, path, error)
+        template = _saved_lengths(template, shapes)  # the padding is left out by tree()
     else:
         return None
     _check_paths(template, saved, path, error)

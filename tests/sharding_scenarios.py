@@ -306,20 +306,139 @@ def scenario_fit_batch_norm(mesh):
     x, y = mlp_data(n=8 * BATCH)
     tx = jt.chain(jt.clip_by_global_norm(0.5), jt.adam(1e-2))
     results = []
-    for kwargs in ({}, {"mesh": mesh, "zero": True}):
+    for kwargs in ({}, {"mesh": mesh, "zero": True},
+                   {"mesh": mesh, "param_sharding": "fsdp", "flat_params": True}):
         step = jt.train.make_step(bn_loss, tx, averaging=jt.averaging.ema(0.9), **kwargs)
         state = step.init(params, jax.random.key(0), bn_state)
         before = _specs_of(state)
         state, hist = jt.train.fit(step, state, (x, y), batch_size=BATCH, epochs=2,
                                    key=jax.random.key(1))
         results.append((state, hist, before == _specs_of(state)))
-    (a, ha, _), (b, hb, kept) = results
+    (a, ha, _), (b, hb, kept), (c, hc, flat_kept) = results
     return {"params_close": _close(b.params, a.params)[0],
             "model_state_close": _close(b.model_state, a.model_state)[0],
             "averages_close": _close(b.averages, a.averages)[0],
             "grad_norm_close": _close(hb["train"]["grad_norm"], ha["train"]["grad_norm"])[0],
             "shardings_kept": kept,
-            "averages_follow_params": _specs_of(b.averages.mean) == _specs_of(b.params)}
+            "averages_follow_params": _specs_of(b.averages.mean) == _specs_of(b.params),
+            # flat_params=True with FSDP: the vectors split over the mesh, the same numbers
+            "flat_close": _close(_numbers(c), _numbers(a), rtol=1e-6)[0],
+            "flat_grad_norm_close": _close(hc["train"]["grad_norm"], ha["train"]["grad_norm"],
+                                           rtol=1e-6)[0],
+            "flat_shardings_kept": flat_kept,
+            "flat_param_spec": _spec(c.params.vectors["float32"].sharding, 1)}
+
+
+def flat_loss(params, model_state, batch, key):
+    """bn_loss and 3 more parameters: 875 elements, padded to 880 on 8 devices."""
+    loss, (model_state, metrics) = bn_loss(params, model_state, batch, key)
+    return loss + jnp.sum((params["t"] - 0.5) ** 2), (model_state, metrics)
+
+
+def _host_tree(flat):
+    """A FlatParams as its params' tree of NumPy arrays, cut on the host (an oracle
+    for ``tree()``, and no eager device work per piece)."""
+    out = [None] * len(flat.shapes)
+    for name, idx in flat.groups:
+        vector, offset = np.asarray(jax.device_get(flat.vectors[name])), 0
+        for i in idx:
+            size = int(np.prod(flat.shapes[i], dtype=np.int64))
+            out[i] = vector[offset:offset + size].reshape(flat.shapes[i])
+            offset += size
+    return jax.tree.unflatten(flat.treedef, out)
+
+
+def _as_tree(tree):
+    """Every FlatParams in ``tree`` as its params' tree (padding left out)."""
+    return jax.tree.map(lambda x: _host_tree(x) if isinstance(x, jt.FlatParams) else x, tree,
+                        is_leaf=lambda x: isinstance(x, jt.FlatParams))
+
+
+def _numbers(state):
+    """A TrainState's numbers (all but the key), FlatParams as trees."""
+    return _as_tree((state.step, state.params, state.opt_state, state.model_state,
+                     state.averages))
+
+
+def _padding_zero(tree):
+    """Whether every FlatParams vector in ``tree`` is zero past its parameters."""
+    flats = [x for x in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, jt.FlatParams))
+             if isinstance(x, jt.FlatParams)]
+    return bool(flats) and all(not np.any(np.asarray(jax.device_get(f.vectors[k]))[n:])
+                               for f in flats for k, n in f.sizes().items())
+
+
+FLAT_STEPS = 4
+
+
+def scenario_flat_params(mesh, compiles):
+    """flat_params=True on 8 devices (replicated, ZeRO-1, FSDP) against one device, flat
+    and tree: adamw + clipping, EMA, batch norm; then checkpoints across the forms."""
+    bn_params, bn_state = jt.layers.batch_norm_init(32)
+    params = {**mlp_params(), "bn": bn_params, "t": jnp.zeros(3)}
+    x, y = mlp_data(n=FLAT_STEPS * BATCH)
+
+    def tx():
+        return jt.chain(jt.clip_by_global_norm(0.5), jt.adamw(1e-2, weight_decay=0.1))
+
+    def run(**kwargs):
+        step = jt.train.make_step(flat_loss, tx(), averaging=jt.averaging.ema(0.9), **kwargs)
+        state = step.init(params, jax.random.key(0), bn_state)
+        before, start, ms = _specs_of(state), len(compiles), []
+        for i in range(FLAT_STEPS):
+            state, m = step(state, (x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]))
+            ms.append(m)
+        return step, state, ms, {"kept": _specs_of(state) == before,
+                                 "compilations": len(compiles) - start}
+
+    _, tree, m_tree, _ = run()
+    one_step, one, _, _ = run(flat_params=True)
+    out = {"one_device_close": _close(_numbers(one), _numbers(tree), rtol=1e-6)[0]}
+    for mode in MODES:
+        step, state, ms, info = run(mesh=mesh, flat_params=True, **MODES[mode])
+        most, total = per_device_bytes(state.opt_state)
+        out[mode] = {
+            **info, "vector_lengths": {k: v.shape[0] for k, v in state.params.vectors.items()},
+            "param_spec": _spec(state.params.vectors["float32"].sharding, 1),
+            "mu_spec": _spec(state.opt_state[1][0].mu.vectors["float32"].sharding, 1),
+            "vs_tree": _close(_numbers(state), _numbers(tree), rtol=1e-6),
+            "vs_flat": _close(_numbers(state), _numbers(one), rtol=1e-6),
+            "metrics_close": _close([(m["loss"], m["grad_norm"]) for m in ms],
+                                    [(m["loss"], m["grad_norm"]) for m in m_tree],
+                                    rtol=1e-6)[0],
+            "padding_zero": _padding_zero(state),
+            "state_bytes_most": most, "state_bytes_total": total,
+            "scalar_bytes": sum(x.nbytes for x in jax.tree.leaves(state.opt_state)
+                                if np.ndim(x) == 0)}
+        if mode == "fsdp":  # eager tree() of vectors split over the mesh
+            out[mode]["eval_params_close"] = _close(
+                step.eval_params(state), _host_tree(one.averages.mean), rtol=1e-6)[0]
+        if mode == "zero":
+            out["checkpoint"] = _flat_checkpoints(state, params, bn_state, tree, one_step,
+                                                  step, mesh)
+    return out
+
+
+def _flat_checkpoints(state, params, bn_state, tree, one_step, mesh_step, mesh):
+    """A padded 8-device flat state saved, restored into a tree, a one-device flat and
+    the 8-device state (then placed on the mesh and stepped)."""
+    tree_step = jt.train.make_step(flat_loss, mesh_step.tx, averaging=mesh_step.averaging)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = jt.train.save(os.path.join(tmp, "ckpt"), state)
+        key = jax.random.key(0)
+        as_tree = jt.train.restore(path, like=tree_step.init(params, key, bn_state))
+        as_one = jt.train.restore(path, like=one_step.init(params, key, bn_state))
+        fresh = mesh_step.init(params, key, bn_state)
+        same = jt.train.restore(path, like=fresh)
+    same = jax.device_put(same, jax.tree.map(lambda v: v.sharding, fresh))
+    x, y = mlp_data(n=BATCH)
+    mesh_step(same, (x, y))  # the restored state runs on the mesh
+    exact = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
+                         jax.device_get(_numbers(as_one)), jax.device_get(_numbers(state)))
+    return {"tree_exact": _close(_numbers(as_tree), _numbers(state), rtol=0, atol=0)[0],
+            "one_device_exact": all(jax.tree.leaves(exact)),
+            "one_device_unpadded": as_one.params.vectors["float32"].shape[0] == 875,
+            "mesh_lengths_kept": _specs_of(same) == _specs_of(fresh)}
 
 
 def scenario_orbax(mesh):
@@ -374,6 +493,7 @@ def main(path):
         ("tensor_parallel", scenario_tensor_parallel, (auto_mesh((4, 2), ("data", "model")),)),
         ("fit_batch_norm", scenario_fit_batch_norm, (mesh,)),
         ("bad_input", scenario_bad_input, (mesh,)),
+        ("flat_params", scenario_flat_params, (mesh, compiles)),
         ("orbax", scenario_orbax, (mesh,)),
     ]:
         start = time.perf_counter()

@@ -6,10 +6,13 @@ optimizer gives the numbers it gives on the tree.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from conftest import grad_fn, loss, make_params
 
 import jtricks as jt
@@ -125,3 +128,69 @@ def test_make_step_trains_flat_params_like_the_tree():
     for a, b in zip(jax.tree.leaves(on_flat.averages.mean.tree()),
                     jax.tree.leaves(on_tree.averages.mean)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+# --- pad_to: vectors that split evenly over n devices -----------------------------------
+
+def test_pad_to_appends_zeros_that_tree_leaves_out():
+    params = _mixed_params()
+    plain, padded = jt.flat_params(params), jt.flat_params(params, pad_to=8)
+    assert padded.pad_to == 8 and padded.sizes() == plain.sizes()
+    for name, v in padded.vectors.items():
+        n = plain.vectors[name].shape[0]
+        assert v.shape[0] % 8 == 0 and n <= v.shape[0] < n + 8
+        np.testing.assert_array_equal(np.asarray(v[:n], np.float32),
+                                      np.asarray(plain.vectors[name], np.float32))
+        assert not np.any(np.asarray(v[n:], np.float32))
+    _assert_same_tree(padded.tree(), params)
+    _assert_same_tree(jax.jit(lambda f: f.tree())(padded), params)
+    assert jt.flat_params(params, pad_to=1).vectors.keys() == plain.vectors.keys()
+
+
+def test_padding_gets_zero_gradients_and_stays_zero_under_training():
+    params = make_params(7)
+    n = jt.flat_params(params).sizes()["float32"]
+    padded = jt.flat_params(params, pad_to=8 if n % 8 else 7)
+    g = jax.jit(jax.grad(lambda f: loss(f.tree())))(padded)
+    assert g.vectors["float32"].shape == padded.vectors["float32"].shape
+    assert not np.any(np.asarray(g.vectors["float32"][n:]))
+    for tx in (jt.chain(jt.clip_by_global_norm(1.0), jt.adamw(1e-2, weight_decay=1e-1)),
+               jt.sgd(0.1, momentum=0.9), optax.adam(1e-2)):
+
+        def run(p, tx=tx):
+            def one(_, carry):
+                p, s = carry
+                u, s = tx.update(jax.grad(lambda q: loss(q.tree()))(p), s, p)
+                return jt.apply_updates(p, u), s
+            return jax.lax.fori_loop(0, 10, one, (p, tx.init(p)))
+
+        (p_pad, s_pad), (p_plain, _) = jax.jit(run)(padded), jax.jit(run)(jt.flat_params(params))
+        for leaf in jax.tree.leaves((p_pad, s_pad)):
+            if np.ndim(leaf) == 1 and leaf.shape[0] > n:  # every vector's padding
+                assert not np.any(np.asarray(leaf[n:])), tx
+        for a, b in zip(jax.tree.leaves(p_pad.tree()), jax.tree.leaves(p_plain.tree())):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_bad_pad_to_is_refused():
+    for bad in (0, -8, 2.5, True, "8"):
+        with pytest.raises(ValueError, match=rf"pad_to must be an integer >= 1, got "
+                                             rf"{re.escape(repr(bad))}"):
+            jt.flat_params(make_params(7), pad_to=bad)
+
+
+def test_checkpoints_re_pad_flat_params(tmp_path):
+    params = _mixed_params()
+    eight = jt.flat_params(params, pad_to=8)
+    saved_flat = jt.train.save(tmp_path / "flat8.npz", eight)
+    saved_tree = jt.train.save(tmp_path / "tree.npz", params)
+    for path in (saved_flat, saved_tree):
+        for pad_to in (1, 3, 8):
+            like = jt.flat_params(params, pad_to=pad_to)
+            restored = jt.train.restore(path, like=like)
+            assert jax.tree.map(np.shape, restored.vectors) == jax.tree.map(
+                np.shape, like.vectors) and restored.pad_to == pad_to
+            _assert_same_tree(restored.tree(), params)
+            for name, n in like.sizes().items():
+                assert not np.any(np.asarray(restored.vectors[name][n:], np.float32))
+    _assert_same_tree(jt.train.restore(saved_tree, like=params), params)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import PartitionSpec as P
 
 import jtricks as jt
 from jtricks import train
@@ -235,13 +236,68 @@ def test_an_optax_transform_that_needs_the_tree_is_refused_at_init():
         start(step)
 
 
-def test_flat_params_on_a_mesh_and_bad_arguments_are_refused():
+def test_flat_params_with_tensor_parallel_specs_and_bad_arguments_are_refused():
     mesh = jax.make_mesh((1,), ("data",))
-    with pytest.raises(ValueError, match=r"flat_params=True does not run on a mesh.*"
-                                         r"replicated"):
-        train.make_step(loss_fn, jt.adam(1e-2), mesh=mesh, flat_params=True)
+    specs = {"l1": {"w": P(), "b": P()}, "l2": {"w": P(), "b": P()}, "scale": P()}
+    with pytest.raises(ValueError, match=r"(?s)flat_params=True cannot take param_sharding "
+                                         r"as a tree of PartitionSpecs.*Keep "
+                                         r"flat_params=False"):
+        train.make_step(loss_fn, jt.adam(1e-2), mesh=mesh, param_sharding=specs,
+                        flat_params=True)
     with pytest.raises(TypeError, match="flat_params must be True or False"):
         train.make_step(loss_fn, jt.adam(1e-2), flat_params="yes")
     tree_state = start(train.make_step(loss_fn, jt.adam(1e-2)))
     with pytest.raises(TypeError, match="built with flat_params=True"):
         train.make_step(loss_fn, jt.adam(1e-2), flat_params=True)(tree_state, data())
+    step = train.make_step(loss_fn, jt.muon(1e-2), mesh=mesh, flat_params=True)
+    with pytest.raises(ValueError, match=r"flat_params=True cannot run.*ScaleByMuon"):
+        start(step)
+
+
+def test_flat_step_on_a_one_device_mesh_equals_the_step_without_one():
+    mesh = jax.make_mesh((1,), ("data",))
+    _, plain, m_plain = run_steps(True, n=4)
+    step = train.make_step(loss_fn, jt_tx(), averaging=jt.averaging.ema(0.9), mesh=mesh,
+                           zero=True, flat_params=True)
+    state = start(step)
+    x, y = data()
+    for i in range(4):
+        state, m = step(state, (x[i * BS:(i + 1) * BS], y[i * BS:(i + 1) * BS]))
+    assert isinstance(state.params, jt.FlatParams)
+    assert_close(state.params.tree(), plain.params.tree())
+    assert_close(step.eval_params(state), plain.averages.mean.tree())
+    np.testing.assert_allclose(m["loss"], m_plain["loss"][-1], rtol=1e-6)
+
+
+def start_padded(step, pad_to):
+    """A flat step's state built from params padded to ``pad_to`` (what a mesh of
+    ``pad_to`` devices stores), on one device."""
+    return step.init(jt.flat_params(init_params(jax.random.key(0)), pad_to=pad_to),
+                     jax.random.key(1), {"mean": jnp.zeros(H)})
+
+
+@pytest.mark.parametrize("saved, into", [("flat8", "tree"), ("tree", "flat8"),
+                                         ("flat8", "flat3")])
+def test_a_checkpoint_crosses_between_paddings(tmp_path, saved, into):
+    # As above with the vectors padded as on 8 (or 3) devices: saving drops nothing
+    # but padding, restoring re-pads; the padding stays zero and the numbers agree.
+    def make(form):
+        step = train.make_step(loss_fn, jt_tx(), averaging=jt.averaging.ema(0.9),
+                               flat_params=form != "tree")
+        return step, (start(step) if form == "tree" else start_padded(step, int(form[4:])))
+
+    (first, s0), (second, like) = make(saved), make(into)
+    half = continue_from(first, s0, 0, 5)
+    path = train.save(tmp_path / "ckpt", half, step=5)
+    whole = continue_from(first, half, 5, 5)
+    restored = train.restore(path, like=like)
+    assert jax.tree.map(np.shape, restored) == jax.tree.map(np.shape, like)
+    resumed = continue_from(second, restored, 5, 5)
+    assert_close(second.eval_params(resumed), first.eval_params(whole))
+    adam_r, adam_w = resumed.opt_state[1][0], whole.opt_state[1][0]
+    for a, b in [(resumed.params, whole.params), (adam_r.mu, adam_w.mu),
+                 (adam_r.nu, adam_w.nu), (resumed.averages.mean, whole.averages.mean)]:
+        assert_close(as_tree(a), as_tree(b))
+        if isinstance(a, jt.FlatParams):  # the padding stayed zero
+            n = a.sizes()["float32"]
+            assert not np.any(np.asarray(a.vectors["float32"][n:]))

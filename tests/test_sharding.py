@@ -129,7 +129,46 @@ def test_fit_on_a_mesh_equals_one_device_with_batch_norm_clipping_and_ema(scenar
     r = _ok(scenarios, "fit_batch_norm")
     assert r == {"params_close": True, "model_state_close": True, "averages_close": True,
                  "grad_norm_close": True, "shardings_kept": True,
-                 "averages_follow_params": True}
+                 "averages_follow_params": True,
+                 "flat_close": True, "flat_grad_norm_close": True,
+                 "flat_shardings_kept": True, "flat_param_spec": ["data"]}
+
+
+# --- flat_params=True on a mesh -------------------------------------------------------------
+
+FLAT_SPECS = {"replicated": ([None], [None]), "zero": ([None], ["data"]),
+              "fsdp": (["data"], ["data"])}
+
+
+@pytest.mark.parametrize("mode", list(FLAT_SPECS))
+def test_flat_params_on_a_mesh_equal_one_device_flat_and_tree(scenarios, mode):
+    flat = _ok(scenarios, "flat_params")
+    assert flat["one_device_close"]
+    r = flat[mode]
+    assert r["vs_tree"][0], r["vs_tree"]  # rtol 1e-6
+    assert r["vs_flat"][0], r["vs_flat"]
+    assert r["metrics_close"] and r["kept"] and r["compilations"] == 1
+    assert r["vector_lengths"] == {"float32": 880}  # 875 elements padded for 8 devices
+    assert r["padding_zero"]
+    assert (r["param_spec"], r["mu_spec"]) == FLAT_SPECS[mode]
+    if mode == "fsdp":
+        assert r["eval_params_close"]
+
+
+@pytest.mark.parametrize("mode", ["zero", "fsdp"])
+def test_flat_params_state_bytes_per_device(scenarios, mode):
+    # The optimizer state's flat vectors (mu, nu, 880 floats each) split 8 ways.
+    r = _ok(scenarios, "flat_params")[mode]
+    arrays = r["state_bytes_total"] - r["scalar_bytes"]
+    assert r["state_bytes_most"] <= arrays / 8 + r["scalar_bytes"], r
+    replicated = _ok(scenarios, "flat_params")["replicated"]
+    assert replicated["state_bytes_most"] == replicated["state_bytes_total"]
+
+
+def test_a_padded_flat_checkpoint_restores_into_every_form(scenarios):
+    assert _ok(scenarios, "flat_params")["checkpoint"] == {
+        "tree_exact": True, "one_device_exact": True, "one_device_unpadded": True,
+        "mesh_lengths_kept": True}
 
 
 def test_bad_input_messages(scenarios):

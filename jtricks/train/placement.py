@@ -17,7 +17,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 
 from jtricks import sharding as jsharding
-from jtricks.train.state import TrainState
+from jtricks.train.state import TrainState, flat_opt_init
+from jtricks.transforms.flatten import FlatParams
 
 __all__ = ["Layout", "build_layout", "place_state", "copy_to", "onto_mesh", "constrain"]
 
@@ -62,11 +63,13 @@ class Layout:
     def param_shardings(self) -> PyTree:
         return jax.tree.unflatten(self.treedef, self.params)
 
-    def for_loss(self, params: PyTree) -> PyTree:
-        if not self.gather:
-            return params
+    def whole(self, tree: PyTree) -> PyTree:
+        """Inside ``jit``: ``tree`` whole on every device (gathered if split)."""
         rep = jsharding.replicated(self.mesh)
-        return constrain(params, jax.tree.map(lambda _: rep, params))
+        return constrain(tree, jax.tree.map(lambda _: rep, tree))
+
+    def for_loss(self, params: PyTree) -> PyTree:
+        return self.whole(params) if self.gather else params
 
     def like_params(self, grads: PyTree) -> PyTree:
         return constrain(grads, self.param_shardings())
@@ -170,7 +173,12 @@ def place_state(layout: Layout, tx: Any, averaging: Any, zero: bool, params: PyT
         )
     rep = jsharding.replicated(layout.mesh)
     params = copy_to(params, layout.param_shardings())
-    opt_state = jsharding.init(tx, params, zero_axis=layout.data_axis if zero else None)
+    zero_axis = layout.data_axis if zero else None
+    if isinstance(params, FlatParams):  # refuses transforms that need the tree
+        opt_state = flat_opt_init(
+            tx, params, init=lambda t, p: jsharding.init(t, p, zero_axis=zero_axis))
+    else:
+        opt_state = jsharding.init(tx, params, zero_axis=zero_axis)
     averages = None
     if averaging is not None:
         with jsharding.use_mesh(layout.mesh):

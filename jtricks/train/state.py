@@ -64,24 +64,30 @@ SHAPE_DEPENDENT = frozenset({
 
 class _OnTree:
     """``fn(flat.tree(), *args)``: a loss or eval function written for the tree, called
-    with :class:`~jtricks.FlatParams`. Equal for equal ``fn``, so jit caches hit."""
+    with :class:`~jtricks.FlatParams`. Equal for equal ``fn`` and ``layout``, so jit
+    caches hit. On a mesh, ``layout.whole`` first gathers the vectors whole on every
+    device (a no-op when they are replicated), so the tree is cut from whole vectors."""
 
-    def __init__(self, fn: Callable):
-        self.fn = fn
+    def __init__(self, fn: Callable, layout: Any = None):
+        self.fn, self.layout = fn, layout
 
     def __call__(self, params: FlatParams, *args: Any) -> Any:
+        if self.layout is not None:
+            params = self.layout.whole(params)
         return self.fn(params.tree(), *args)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is _OnTree and other.fn == self.fn
+        return (type(other) is _OnTree and other.fn == self.fn
+                and other.layout == self.layout)
 
     def __hash__(self) -> int:
-        return hash((_OnTree, self.fn))
+        return hash((_OnTree, self.fn, self.layout))
 
 
-def on_tree(fn: Callable) -> Callable:
-    """``fn`` (written for the params' tree) made to take :class:`~jtricks.FlatParams`."""
-    return _OnTree(fn)
+def on_tree(fn: Callable, layout: Any = None) -> Callable:
+    """``fn`` (written for the params' tree) made to take :class:`~jtricks.FlatParams`
+    (gathered whole first on ``layout``'s mesh, when given)."""
+    return _OnTree(fn, layout)
 
 
 def _shape_dependent(tx: Transform) -> list[str]:
@@ -101,8 +107,10 @@ _KEEP_TREE = ("make_step(..., flat_params=False) (the default) keeps the params 
               "or use jt.flatten(tx) to keep only the optimizer's state flat.")
 
 
-def flat_opt_init(tx: Transform, params: FlatParams) -> PyTree:
-    """``tx.init`` on the flat params, refusing transforms that need the tree."""
+def flat_opt_init(tx: Transform, params: FlatParams,
+                  init: Callable[[Transform, FlatParams], PyTree] | None = None) -> PyTree:
+    """``init(tx, params)`` (by default ``tx.init(params)``) on the flat params,
+    refusing transforms that need the tree."""
     bad = _shape_dependent(tx)
     if bad:
         raise ValueError(
@@ -111,7 +119,7 @@ def flat_opt_init(tx: Transform, params: FlatParams) -> PyTree:
             f"matrices) and would see a few flat vectors instead. {_KEEP_TREE}"
         )
     try:
-        return tx.init(params)
+        return tx.init(params) if init is None else init(tx, params)
     except Exception as e:  # any failure here means it needs the tree
         raise ValueError(
             f"make_step.init: with flat_params=True the optimizer's init failed on the "

@@ -152,6 +152,16 @@ def step_body(state: TrainState, batch: PyTree, tx: Transform, averaging: Any,
 _jit_step = jax.jit(step_body, static_argnames=("loss_fn", "layout"), donate_argnums=(0,))
 
 
+def _flat_for(params: PyTree, pad_to: int) -> FlatParams:
+    """``params`` as flat vectors padded to a multiple of ``pad_to`` (re-padded when
+    given flat with another padding)."""
+    if isinstance(params, FlatParams):
+        if all(v.shape[0] % pad_to == 0 for v in params.vectors.values()):
+            return params
+        params = params.tree()
+    return flat_params(params, pad_to=pad_to)
+
+
 def _leaf_spec(x: Any) -> tuple:
     # Arrays answer .shape/.dtype directly; jnp.result_type costs microseconds a call,
     # which a batch of a thousand arrays would pay on every step.
@@ -235,12 +245,14 @@ class Step:
         if not isinstance(flat_params, bool):
             raise TypeError(f"make_step: flat_params must be True or False, got "
                             f"{flat_params!r}.")
-        if flat_params and mesh is not None:
+        if flat_params and param_sharding is not None and not isinstance(param_sharding,
+                                                                         str):
             raise ValueError(
-                "make_step: flat_params=True does not run on a mesh: the flat vectors are "
-                "not shaped like any parameter, so they would be replicated whole on "
-                "every device (no FSDP, ZeRO or tensor-parallel split). Pass "
-                "flat_params=False with mesh=..., or drop the mesh."
+                "make_step: flat_params=True cannot take param_sharding as a tree of "
+                "PartitionSpecs (tensor parallelism): the flat vectors are no longer "
+                "shaped like the parameters those specs split. Keep flat_params=False "
+                "for tensor parallelism, or use param_sharding=None (data parallel) or "
+                "'fsdp' with flat_params=True."
             )
         self.flat_params = flat_params
 
@@ -252,10 +264,12 @@ class Step:
         ``model_state`` are replicated. Every leaf is a copy: the caller's arrays
         stay valid after the state is donated to a step. With ``flat_params`` the
         params (and the optimizer state and averages built from them) are stored as
-        :func:`jtricks.flat_params` vectors; a transform that needs the tree is refused
-        here.
+        :func:`jtricks.flat_params` vectors (on a mesh padded to a multiple of the
+        data axis size); a transform that needs the tree is refused here.
         """
         if self.mesh is not None:
+            if self.flat_params:  # padded so each vector splits over the data axis
+                params = _flat_for(params, int(self.mesh.shape[self.data_axis]))
             self.layout = build_layout(params, self.mesh, self.data_axis,
                                        self.param_sharding)
             self._jit = None
@@ -283,8 +297,9 @@ class Step:
 
     def adapt(self, fn: Callable) -> Callable:
         """``fn(params, ...)``, written for the params' tree, made to take the state's
-        params: ``fn`` itself, or with ``flat_params`` ``fn(flat.tree(), ...)``."""
-        return on_tree(fn) if self.flat_params else fn
+        params: ``fn`` itself, or with ``flat_params`` ``fn(flat.tree(), ...)`` (on a
+        mesh the tree is cut from the vectors gathered whole)."""
+        return on_tree(fn, self.layout) if self.flat_params else fn
 
     def check_batch(self, batch: PyTree, where: str = "step") -> None:
         """Refuses a batch whose tree, shapes or dtypes differ from the first one's."""
@@ -315,7 +330,8 @@ class Step:
         self.check_batch(batch)
         with jsharding.use_mesh(self.mesh):
             return self._compiled(state)(state, batch, self.tx, self.averaging,
-                                         loss_fn=self.loss_fn, layout=self.layout)
+                                         loss_fn=self.adapt(self.loss_fn),
+                                         layout=self.layout)
 
     def _compiled(self, state: TrainState) -> Callable:
         """The step jitted with the state's shardings as its outputs' (built once)."""
@@ -390,7 +406,11 @@ def make_step(loss_fn: Callable, tx: Any, *, averaging: Any = None, mesh: Any = 
     optimizer makes one pass over each vector. ``loss_fn`` (and ``fit``'s ``eval_fn``)
     still receive the tree, and ``step.eval_params(state)`` returns it. Transforms
     that look at leaf shapes or at the tree's structure are refused by ``step.init``
-    (see ``SHAPE_DEPENDENT``); not with ``mesh``.
+    (see ``SHAPE_DEPENDENT``). With ``mesh`` the vectors are zero-padded to a multiple
+    of the data axis size (``jt.flat_params(params, pad_to=n)``; ``tree()`` leaves
+    the padding out, and it stays zero) and placed like any array: replicated (one
+    gradient all-reduce per dtype), the optimizer state split with ``zero``, the
+    params split too with ``"fsdp"``; a ``PartitionSpec`` tree is refused.
 
     Args:
         loss_fn: ``(params, model_state, batch, key) -> (loss, (model_state,
@@ -401,7 +421,7 @@ def make_step(loss_fn: Callable, tx: Any, *, averaging: Any = None, mesh: Any = 
         data_axis: the mesh axis the batch (and ZeRO/FSDP state) is split over.
         zero: ZeRO-1: split the optimizer state over ``data_axis`` too.
         param_sharding: ``None`` (replicated), ``"fsdp"``, or a tree of
-            ``PartitionSpec`` matching the params.
+            ``PartitionSpec`` matching the params (not with ``flat_params``).
         flat_params: store the params as :func:`jtricks.flat_params` (one vector
             per dtype), for models of many small arrays; see above.
 

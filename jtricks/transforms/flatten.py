@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jtricks.base import Struct, Transform, as_transform, static_field
 
@@ -96,8 +97,12 @@ def _cut(vec: jax.Array, shapes: list[tuple[int, ...]]) -> list[jax.Array]:
 
 
 def _split(vec: jax.Array, shapes: tuple[tuple[int, ...], ...]) -> list[jax.Array]:
-    """``vec`` cut into consecutive pieces of the given shapes with static slices."""
+    """``vec`` cut into consecutive pieces of the given shapes with static slices (any
+    padding after the last piece is left out, so its transpose gives it zeros)."""
     sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    total = int(sum(sizes))
+    if vec.shape[0] != total:
+        vec = jax.lax.slice(vec, (0,), (total,))
     pieces = jnp.split(vec, np.cumsum(sizes)[:-1].tolist()) if shapes else []
     return [p.reshape(s) for p, s in zip(pieces, shapes)]
 
@@ -210,7 +215,9 @@ def flatten(inner: Any, *, max_size: int | None = DEFAULT_MAX_SIZE) -> Flatten:
     device, and ZeRO-1 does not split them. The larger leaves keep their parameter's
     sharding. They hold only leaves of at most ``max_size`` elements, which is
     cheap to replicate; for a model that only fits sharded, leave its big arrays
-    outside the flat part (the default ``max_size`` does).
+    outside the flat part (the default ``max_size`` does). (The vectors of
+    :func:`flat_params` are the parameters themselves, padded to split evenly: their
+    state follows them, ZeRO-1 and FSDP included.)
 
     Args:
         inner: a jtricks transform or an optax ``GradientTransformation``.
@@ -233,34 +240,72 @@ def flatten(inner: Any, *, max_size: int | None = DEFAULT_MAX_SIZE) -> Flatten:
     return Flatten(inner=as_transform(inner, where="flatten"), max_size=max_size)
 
 
+def _whole(vec: Any) -> Any:
+    """``vec`` gathered whole when it is split over a mesh axis of type Explicit
+    (FSDP), where slicing a split vector is refused; as it is otherwise."""
+    spec = getattr(getattr(jax.typeof(vec), "sharding", None), "spec", ())
+    if all(e is None for e in spec):
+        return vec
+    sharding = getattr(vec, "sharding", None)  # a concrete array: its own mesh
+    whole = PartitionSpec() if not isinstance(sharding, NamedSharding) else \
+        NamedSharding(sharding.mesh, PartitionSpec())
+    return jax.sharding.reshard(vec, whole)
+
+
 class FlatParams(Struct):
     """Parameters stored as one vector per dtype; see :func:`flat_params`.
 
     A pytree whose leaves are the vectors (``vectors``: dtype name -> 1-D array) and
-    whose layout (tree structure, shapes, order) is static, so ``jax.grad`` of a loss
-    that reads :meth:`tree` returns a ``FlatParams`` of gradient vectors, and any
-    optimizer (jtricks or optax) treats it as a tree of a few leaves.
+    whose layout (tree structure, shapes, order, ``pad_to``) is static, so
+    ``jax.grad`` of a loss that reads :meth:`tree` returns a ``FlatParams`` of
+    gradient vectors, and any optimizer (jtricks or optax) treats it as a tree of a
+    few leaves.
+
+    Each vector holds its parameters' elements in order, then zeros up to a length
+    divisible by ``pad_to`` (so it splits evenly over ``pad_to`` devices). The
+    padding is no parameter: :meth:`tree` leaves it out and its gradient is zero.
     """
 
     vectors: dict[str, jax.Array]
     treedef: Any = static_field()
     shapes: tuple[tuple[int, ...], ...] = static_field()
     groups: tuple[tuple[str, tuple[int, ...]], ...] = static_field()
+    pad_to: int = static_field(default=1)
 
     def tree(self) -> Any:
         """The parameters as their original tree: pieces of the vectors (cut at
         offsets the program reads at run time, so layers of one shape share their
-        compiled kernels); under ``jax.grad`` the pieces' gradients are concatenated
-        into one vector per dtype."""
+        compiled kernels; the padding is left out); under ``jax.grad`` the pieces'
+        gradients are concatenated into one vector per dtype, zeros on the padding."""
         out: list[Any] = [None] * len(self.shapes)
         for name, idx in self.groups:
             shapes = tuple(self.shapes[i] for i in idx)
-            for i, piece in zip(idx, _views(self.vectors[name], shapes)):
+            for i, piece in zip(idx, _views(_whole(self.vectors[name]), shapes)):
                 out[i] = piece
         return jax.tree.unflatten(self.treedef, out)
 
+    def sizes(self) -> dict[str, int]:
+        """The number of parameter elements in each vector (its length without padding)."""
+        return {name: int(sum(int(np.prod(self.shapes[i], dtype=np.int64)) for i in idx))
+                for name, idx in self.groups}
 
-def flat_params(params: Any) -> FlatParams:
+
+def padded_length(size: int, pad_to: int) -> int:
+    """``size`` rounded up to a multiple of ``pad_to``."""
+    return -(-size // pad_to) * pad_to
+
+
+def resize(vec: Any, length: int) -> Any:
+    """``vec`` cut or zero-padded to ``length`` (only ever cutting padding off)."""
+    n = vec.shape[0]
+    if n == length:
+        return vec
+    if n > length:
+        return vec[:length]
+    return jnp.concatenate([vec, jnp.zeros((length - n,), vec.dtype)])
+
+
+def flat_params(params: Any, *, pad_to: int = 1) -> FlatParams:
     """Stores ``params`` as one vector per dtype, for models of very many small arrays.
 
     Every array that enters and leaves a compiled step costs a few microseconds, and
@@ -287,17 +332,36 @@ def flat_params(params: Any) -> FlatParams:
     When the parameters must stay a tree, :func:`flatten` keeps only the optimizer's
     state flat.
 
+    On several devices the vectors are split like any array (``make_step(mesh=...)``
+    does it: replicated for data parallelism, split over the data axis for ZeRO-1's
+    optimizer state and for FSDP), so a vector's length must divide by the device
+    count: ``pad_to=n`` appends zeros up to a multiple of ``n``. The padding gets a
+    zero gradient, so every update that is zero for a zero gradient and a zero
+    parameter (SGD, momentum, Adam, AdamW's weight decay, clipping) keeps it zero;
+    ``tree()`` leaves it out either way.
+
     Args:
         params: a pytree of arrays (``None`` leaves are dropped).
+        pad_to: (keyword-only) each vector's length is rounded up to a multiple of
+            it with zeros; 1 (the default) adds none.
 
     Returns:
         A :class:`FlatParams`; ``flat.tree()`` gives ``params`` back, bit for bit.
     """
+    if isinstance(pad_to, bool) or not isinstance(pad_to, (int, np.integer)) or pad_to < 1:
+        raise ValueError(
+            f"flat_params: pad_to must be an integer >= 1, got {pad_to!r}. Pass the "
+            "number of devices the vectors are split over (1 for no padding)."
+        )
+    pad_to = int(pad_to)
     leaves, treedef = jax.tree.flatten(params)
     groups, _ = _plan(leaves, None)
     grouped = group_by_dtype(params)["flat"]
+    vectors = {name: resize(v, padded_length(v.shape[0], pad_to))
+               for name, v in grouped.items()}
     return FlatParams(
-        vectors=grouped, treedef=treedef,
+        vectors=vectors, treedef=treedef,
         shapes=tuple(tuple(np.shape(x)) for x in leaves),
         groups=tuple((name, tuple(idx)) for name, idx in groups.items()),
+        pad_to=pad_to,
     )
