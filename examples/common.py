@@ -201,7 +201,7 @@ def mlp_apply(params, state, x, key=None, *, training=False, act=jax.nn.relu, ra
     return x, new_state, pre
 
 
-def _conv(x, w, b, stride, padding):
+def conv(x, w, b, stride, padding):
     """A 1-D convolution (cross-correlation, as ``lax.conv_general_dilated`` and
     PyTorch's ``Conv1d``) of ``x [N, L, C_in]`` with ``w [k, C_in, C_out]``, written
     as one matrix product over the k shifted copies of the input: on a CPU, XLA's
@@ -231,7 +231,7 @@ def cnn_init(key, channels=25, length=40, n_out=10, kernel_init=None):
 def cnn_apply(params, x):
     h = x[..., None]
     for layer in params["convs"]:
-        h = jax.nn.relu(_conv(h, layer["w"], layer["b"], 2, 1))
+        h = jax.nn.relu(conv(h, layer["w"], layer["b"], 2, 1))
     h = h.reshape(h.shape[0], -1)
     return h @ params["out"]["w"] + params["out"]["b"]
 
@@ -242,19 +242,19 @@ def resnet_init(key, channels=16, blocks=3, n_out=10):
     convs each, layer-normalised), global average pooling and a dense head."""
     k = jax.random.split(key, 2 * blocks + 2)
     he = jt.init.he_normal()
-    conv = lambda key, c_in: {"w": he(key, (3, c_in, channels)), "b": jnp.zeros(channels)}
-    blocks = [{"a": conv(k[2 * i + 1], channels), "b": conv(k[2 * i + 2], channels),
+    layer = lambda key, c_in: {"w": he(key, (3, c_in, channels)), "b": jnp.zeros(channels)}
+    blocks = [{"a": layer(k[2 * i + 1], channels), "b": layer(k[2 * i + 2], channels),
                "ln": jt.layers.layer_norm_init(channels)} for i in range(blocks)]
-    return {"stem": conv(k[0], 1), "blocks": blocks, "out": dense_init(k[-1], channels, n_out)}
+    return {"stem": layer(k[0], 1), "blocks": blocks, "out": dense_init(k[-1], channels, n_out)}
 
 
 def resnet_apply(params, x):
-    h = jax.nn.relu(_conv(x[..., None], params["stem"]["w"], params["stem"]["b"], 1, 1))
+    h = jax.nn.relu(conv(x[..., None], params["stem"]["w"], params["stem"]["b"], 1, 1))
     for blk in params["blocks"]:
-        r = jax.nn.relu(jt.layers.layer_norm(blk["ln"], _conv(h, blk["a"]["w"],
+        r = jax.nn.relu(jt.layers.layer_norm(blk["ln"], conv(h, blk["a"]["w"],
                                                               blk["a"]["b"], 1, 1)))
         # Zero-free residual: the block adds to h, so depth can switch itself off.
-        h = jax.nn.relu(h + _conv(r, blk["b"]["w"], blk["b"]["b"], 1, 1))
+        h = jax.nn.relu(h + conv(r, blk["b"]["w"], blk["b"]["b"], 1, 1))
         h = h[:, ::2] if h.shape[1] > 10 else h  # halve the length while it is long
     return h.mean(1) @ params["out"]["w"] + params["out"]["b"]
 

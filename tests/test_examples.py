@@ -110,6 +110,13 @@ def test_mnist1d_table_format_on_a_short_budget(tmp_path, capsys):
         assert t["seeds"] == pytest.approx([curve[-1] for curve in t["curves"]], abs=1e-4)
         assert t["best"] >= t["ours"] - 1e-6
         assert name in out
+        # the same budget with the tricks: 250 steps of 40 batches = 6 epochs
+        tricks = t["tricks"]
+        assert [len(curve) for curve in tricks["curves"]] == [6, 6]
+        assert tricks["ours"] == pytest.approx(np.mean(tricks["seeds"]))
+        assert 0.15 < tricks["ours"] <= 1.0, (name, tricks)
+    assert (table["mlp"]["tricks"]["dropout"], table["logistic"]["tricks"]["dropout"]) == (
+        0.2, 0.0)
     assert table["mlp"]["ours"] > table["logistic"]["ours"]
 
 
@@ -120,16 +127,17 @@ def test_mnist1d_table_models_are_the_papers():
     key = jax.random.key(0)
     count = lambda tree: sum(a.size for a in jax.tree.leaves(tree))
     # The parameter counts the paper's notebook prints for LinearBase, MLPBase, ConvBase.
-    params = {name: init(key) for name, (init, _) in table.MODELS.items()}
+    params = {name: _common().jit(init)(key) for name, (init, _) in table.MODELS.items()}
     assert {n: count(p) for n, p in params.items()} == {"logistic": 410, "mlp": 15210,
                                                         "cnn": 5210}
     # PyTorch's default init: weights and biases uniform in +-1/sqrt(fan_in).
-    wide = table.torch_layer(key, (400, 300))
+    layer = _common().jit(table.torch_layer, static_argnums=1)  # one fast compile
+    wide = layer(key, (400, 300))
     for leaf in (wide["w"], wide["b"]):
         bound = 1 / np.sqrt(400)
         assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.9 * bound
         assert np.std(leaf) == pytest.approx(bound / np.sqrt(3), rel=0.1)
-    conv = table.torch_layer(key, (3, 25, 25))["b"]  # fan_in = kernel x channels
+    conv = layer(key, (3, 25, 25))["b"]  # fan_in = kernel x channels
     assert np.abs(conv).max() <= 1 / np.sqrt(75) and np.abs(conv).max() > 0.5 / np.sqrt(75)
     # The MLP's hidden block is residual: h + relu(W2 h + b2).
     p, x = params["mlp"], np.linspace(-1, 1, 80, dtype=np.float32).reshape(2, 40)
@@ -143,11 +151,13 @@ def test_the_examples_convolution_is_laxs():
     import jax
 
     for kernel, c_in, stride, length in [(5, 1, 2, 40), (3, 8, 1, 11)]:
-        x = jax.random.normal(jax.random.key(0), (3, length, c_in))
-        w = jax.random.normal(jax.random.key(1), (kernel, c_in, 6))
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(3, length, c_in)).astype(np.float32)
+        w = rng.normal(size=(kernel, c_in, 6)).astype(np.float32)
         ref = jax.lax.conv_general_dilated(x, w, (stride,), [(1, 1)],
                                            dimension_numbers=("NWC", "WIO", "NWC"))
-        np.testing.assert_allclose(_common()._conv(x, w, 0.5, stride, 1), ref + 0.5,
+        conv = _common().jit(_common().conv, static_argnums=(3, 4))  # one fast compile
+        np.testing.assert_allclose(conv(x, w, 0.5, stride, 1), ref + 0.5,
                                    rtol=1e-5, atol=1e-5)
 
 
