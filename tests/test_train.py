@@ -408,7 +408,7 @@ def conv_data(n=N):
 
 
 def test_canonical_convs_keeps_values_and_leaves_only_nhwc_convs():
-    from jtricks.train.convs import canonical_convs
+    canonical_convs = jt.train.canonical_convs  # the public name
     step = train.make_step(conv_loss, jt.adam(1e-2))
     state = step.init(conv_init(jax.random.key(0)), jax.random.key(1), None)
     x, y = conv_data(2 * BS)

@@ -16,6 +16,8 @@ The pieces, from small to large:
   (one dispatch per epoch instead of one per batch), with on-device shuffling,
   an evaluation per epoch, :class:`EarlyStopping` (pure and jittable) and an
   optional progress bar.
+* :func:`canonical_convs`: for those who scan ``step.apply`` themselves on a CPU,
+  the convolution rewrite :func:`fit` applies to its loop body there.
 
 The one loss signature used everywhere::
 
@@ -43,6 +45,7 @@ Checkpoints (:func:`save`, :func:`restore`) are described in :mod:`jtricks.check
 """
 
 from jtricks.checkpoint import CheckpointError, all_checkpoints, latest, restore, save
+from jtricks.train.convs import canonical_convs
 from jtricks.train.early_stopping import EarlyStopper, EarlyStopping, EarlyStoppingState
 from jtricks.train.loop import fit
 from jtricks.train.state import TrainState
@@ -56,6 +59,7 @@ __all__ = [
     "EarlyStopper",
     "EarlyStoppingState",
     "fit",
+    "canonical_convs",
     "save",
     "restore",
     "latest",

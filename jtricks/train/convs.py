@@ -118,9 +118,24 @@ def _eval(jaxpr: Any, consts: Any, args: Any) -> list:
 
 
 def canonical_convs(fn: Callable) -> Callable:
-    """``fn`` with every convolution it traces in XLA CPU's fast layout (to be called
-    while tracing, e.g. as a ``lax.scan`` body). Without such a convolution ``fn``
-    is traced again as it is, so its program does not change."""
+    """``fn`` with every convolution it traces in XLA CPU's fast layout.
+
+    For a convolutional model trained on a CPU inside a loop of your own: wrap the
+    function that holds the loop (or the loop's body) before ``jax.jit``; the
+    values are the same, only the layouts of the convolutions change (each becomes
+    transposes around an NHWC/HWIO convolution, as XLA's own pass would write it at
+    the top level). :func:`~jtricks.train.fit` does this itself on a CPU. Without a
+    convolution to rewrite ``fn`` is traced again as it is, so its program does not
+    change. CPU only: GPU and TPU compilers choose convolution layouts at every depth
+    themselves, so leave ``fn`` as it is there. Positional arguments only.
+
+    Example::
+
+        def epoch(state, batches):
+            return jax.lax.scan(step.apply, state, batches)
+
+        epoch = jax.jit(jt.train.canonical_convs(epoch))   # on a CPU
+    """
     @functools.wraps(fn)
     def wrapped(*args: Any) -> Any:
         closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
