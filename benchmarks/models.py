@@ -300,18 +300,22 @@ def jt_step(model: Model, batch: Any, name: str = "jt_tree", **options: Any) -> 
                                  donate=(0,)))
 
 
-def noop(model: Model, batch: Any) -> Runner:
+def noop(model: Model, batch: Any, flat: bool = False) -> Runner:
     """Forward + backward; the gradient feeds only its norm; params and Adam's state
-    go through untouched (donated): every cost of the step but the update's."""
+    go through untouched (donated): every cost of the step but the update's. With
+    ``flat`` the same on ``make_step(flat_params=True)``'s state: jt_flat's bound."""
+    maker = jt.train.make_step(model.loss_fn, jt.adam(LR), flat_params=flat)
+    loss_fn = maker.adapt(model.loss_fn)  # the flat state's loss: reads flat.tree()
+
     def step(state, batch):
-        (loss, (ms, _)), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(
+        (loss, (ms, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.model_state, batch, KEY)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
         return dataclasses.replace(state, model_state=ms), metrics
 
-    state = jt.train.make_step(model.loss_fn, jt.adam(LR)).init(
-        _copy(model.params), KEY, _copy(model.model_state))
-    return _as(StepRunner, build("noop", step, (state,), (batch,), donate=(0,)))
+    state = maker.init(_copy(model.params), KEY, _copy(model.model_state))
+    name = "noop_flat" if flat else "noop"
+    return _as(StepRunner, build(name, step, (state,), (batch,), donate=(0,)))
 
 
 def jt_fit(model: Model) -> Runner:
@@ -339,6 +343,8 @@ def makers(model: Model, batch: Any) -> dict[str, Callable[[], Runner]]:
     if FLAT:  # filled in once make_step stores the params flat
         out["jt_flat"] = lambda: jt_step(model, batch, "jt_flat", flat_params=True)
     out["noop"] = lambda: noop(model, batch)
+    if FLAT:
+        out["noop_flat"] = lambda: noop(model, batch, flat=True)
     out["jt_fit"] = lambda: jt_fit(model)
     return out
 
@@ -357,7 +363,7 @@ def peak_mib(r: Runner) -> float | None:
 def run_model(model: Model, rounds: int, steps: int, warmup: int, mirror: bool) -> dict:
     batch = jax.device_put(model.data(model.batch))
     built = makers(model, batch)
-    once = tuple(built) if not mirror else ("noop", "jt_fit")
+    once = tuple(built) if not mirror else ("noop", "noop_flat", "jt_fit")
     runs = mirrored(built, once=once)
     for name, copies in runs.items():
         print(f"  {model.name}: built {name} x{len(copies)}, compile "
@@ -390,7 +396,7 @@ def run_model(model: Model, rounds: int, steps: int, warmup: int, mirror: bool) 
 # ---------------------------------------------------------------------------------------
 # reporting
 
-SETUPS = ("optax_loop", "jt_tree", "jt_flat", "jt_fit", "noop")
+SETUPS = ("optax_loop", "jt_tree", "jt_flat", "jt_fit", "noop", "noop_flat")
 GOALS = {"resnet": 0.95, "transformer": 0.85, "mlp2000": 0.2}  # jt_flat / optax_loop
 
 
@@ -417,14 +423,16 @@ def markdown(report: dict) -> str:
         "",
         "ms: median whole step (forward, backward, update; state donated); jt_fit: "
         f"`fit` epochs of {STEPS_PER_EPOCH} batches, per step; noop: the bound (the step "
-        "without the update); update share: 1 - noop / optax_loop; compile: lower + "
+        "without the update); noop_flat: jt_flat's bound (the same on the flat state); "
+        "update share: 1 - noop / optax_loop; compile: lower + "
         "compile s (jt_fit: first call less a later one); peak: the compiled step's "
         "memory (arguments + outputs - aliased + temporaries), MiB.",
         "",
         "| model | arrays | params | optax_loop ms | jt_tree ms | jt_flat ms | jt_fit ms "
-        "| noop ms | jt_tree / optax | jt_flat / optax | update share | compile s optax "
+        "| noop ms | noop_flat ms | jt_tree / optax | jt_flat / optax | update share "
+        "| compile s optax "
         "/ jt_tree / jt_flat / jt_fit | peak MiB optax / jt_tree | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for name, r in report["models"].items():
         s = r["setups"]
@@ -434,7 +442,7 @@ def markdown(report: dict) -> str:
                                                              "jt_flat", "jt_fit"))
         lines.append(
             f"| {name} | {r['arrays']} | {r['n_params'] / 1e6:.2f}M | "
-            + " | ".join(_ms(s[k]) for k in SETUPS)
+            + " | ".join(_ms(s.get(k, {})) for k in SETUPS)
             + f" | {s['jt_tree']['ms'] / o:.2f} | {_num(flat and flat / o, '.2f')} | "
             f"{100 * (1 - s['noop']['ms'] / o):.0f}% | {comp} | "
             f"{_num(s['optax_loop']['peak_MiB'])} / {_num(s['jt_tree']['peak_MiB'])} | "
@@ -452,6 +460,8 @@ def targets(report: dict) -> str:
         s, goal = r["setups"], GOALS.get(name)
         o, flat = s["optax_loop"]["ms"], s["jt_flat"]
         bound = f"bound (noop / optax) {s['noop']['ms'] / o:.2f}"
+        if s.get("noop_flat", {}).get("ms"):
+            bound += f", flat bound (noop_flat / optax) {s['noop_flat']['ms'] / o:.2f}"
         if flat["ms"] is None:
             rows.append(f"| {name}: jt_flat / optax_loop | not measured (jt_tree "
                         f"{s['jt_tree']['ms'] / o:.2f}; {bound}) | <= {goal} | - |")
