@@ -191,6 +191,21 @@ def _line(name, final, best, seconds):
             f"{best:6.3f}  {', '.join(f'{a:.3f}' for a in final)}  ({seconds:.0f} s)")
 
 
+def _table(run, names, data, args):
+    """``run(name, data, seeds, steps)`` for each model, printed as a table; returns
+    ``{name: {"ours", "seeds", "best", "curves"}}``."""
+    print(f"{'model':<9} {'paper':>6} {'ours':>6} {'spread':>7} {'best':>6}  seeds")
+    rows = {}
+    for name in names:
+        t0 = time.perf_counter()
+        curves = run(name, data, args.seeds, args.steps)
+        final, best = curves[:, -1].tolist(), float(curves.max(1).mean())
+        rows[name] = {"ours": float(np.mean(final)), "seeds": final, "best": best,
+                      "curves": curves.round(4).tolist()}
+        print(_line(name, final, best, time.perf_counter() - t0))
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--seeds", type=int, default=3, help="seeds per model (3)")
@@ -206,31 +221,16 @@ def main(argv=None):
                 "evaluation interval), e.g. 6000")
     data = c.mnist1d()  # the paper's data set: generator seed 42
     names, table = args.models.split(","), {}
-    header = f"{'model':<9} {'paper':>6} {'ours':>6} {'spread':>7} {'best':>6}  seeds"
     print(f"MNIST-1D test accuracy after {args.steps + 1} steps of Adam(1e-2), batch "
           f"{BATCH} in order, {args.seeds} seeds (final evaluation, as the paper)")
-    print(header)
-    for name in names:
-        t0 = time.perf_counter()
-        curves = train(name, data, args.seeds, args.steps)
-        final, best = curves[:, -1].tolist(), float(curves.max(1).mean())
-        table[name] = {"paper": PAPER[name], "ours": float(np.mean(final)), "seeds": final,
-                       "best": best, "curve_every": EVAL_EVERY,
-                       "curves": curves.round(4).tolist()}
-        print(_line(name, final, best, time.perf_counter() - t0))
+    for name, row in _table(train, names, data, args).items():
+        table[name] = {"paper": PAPER[name], **row, "curve_every": EVAL_EVERY}
     if not args.no_tricks:
         print(f"\nThe same budget with the lesson's tricks: batches reshuffled every epoch, "
               f"dropout {DROPOUT}, EMA {EMA_DECAY} of the weights (final evaluation)")
-        print(header)
-        for name in names:
-            t0 = time.perf_counter()
-            curves = train_tricks(name, data, args.seeds, args.steps)
-            final, best = curves[:, -1].tolist(), float(curves.max(1).mean())
-            table[name]["tricks"] = {"ours": float(np.mean(final)), "seeds": final,
-                                     "best": best, "dropout": DROPOUT[name],
-                                     "ema_decay": EMA_DECAY, "curve_every_epochs": 1,
-                                     "curves": curves.round(4).tolist()}
-            print(_line(name, final, best, time.perf_counter() - t0))
+        for name, row in _table(train_tricks, names, data, args).items():
+            table[name]["tricks"] = {**row, "dropout": DROPOUT[name],
+                                     "ema_decay": EMA_DECAY, "curve_every_epochs": 1}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(table, indent=1))
     print(f"written: {args.out}")
