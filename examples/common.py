@@ -228,11 +228,20 @@ def cnn_init(key, channels=25, length=40, n_out=10, kernel_init=None):
     return {"convs": convs, "out": dense_init(k[3], channels * length, n_out, init)}
 
 
-def cnn_apply(params, x):
+def maybe_dropout(h, key, rate):
+    """Dropout in training (a key given); no mask drawn at all for a Python rate of 0
+    (every random draw costs its program a compilation of the random-bit generator)."""
+    if key is None or (isinstance(rate, int | float) and rate == 0):
+        return h
+    return jt.layers.dropout(key, h, rate, training=True)
+
+
+def cnn_apply(params, x, key=None, rate=0.0):
+    """Logits; with a ``key``, dropout at ``rate`` on the flattened conv features."""
     h = x[..., None]
     for layer in params["convs"]:
         h = jax.nn.relu(conv(h, layer["w"], layer["b"], 2, 1))
-    h = h.reshape(h.shape[0], -1)
+    h = maybe_dropout(h.reshape(h.shape[0], -1), key, rate)
     return h @ params["out"]["w"] + params["out"]["b"]
 
 

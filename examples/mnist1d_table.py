@@ -71,11 +71,6 @@ def logistic_init(key):
     return {"out": torch_layer(key, (40, 10))}
 
 
-def _dropout(h, key, rate):
-    # rate is a Python number: no dropout at all when it is 0 or there is no key
-    return h if key is None or rate == 0 else jt.layers.dropout(key, h, rate, training=True)
-
-
 def logistic_apply(params, x, key=None, rate=0.0):
     return x @ params["out"]["w"] + params["out"]["b"]
 
@@ -89,9 +84,9 @@ def mlp_init(key, hidden=100):
 def mlp_apply(params, x, key=None, rate=0.0):
     dense = lambda name, h: h @ params[name]["w"] + params[name]["b"]
     keys = [None, None] if key is None else jax.random.split(key)
-    h = _dropout(jax.nn.relu(dense("l1", x)), keys[0], rate)
+    h = c.maybe_dropout(jax.nn.relu(dense("l1", x)), keys[0], rate)
     h = h + jax.nn.relu(dense("l2", h))  # the paper's MLP has this residual sum
-    return dense("l3", _dropout(h, keys[1], rate))
+    return dense("l3", c.maybe_dropout(h, keys[1], rate))
 
 
 def cnn_init(key, channels=25):
@@ -101,16 +96,8 @@ def cnn_init(key, channels=25):
     return {"convs": convs, "out": torch_layer(k[3], (channels * 5, 10))}
 
 
-def cnn_apply(params, x, key=None, rate=0.0):
-    h = x[..., None]
-    for layer in params["convs"]:
-        h = jax.nn.relu(c.conv(h, layer["w"], layer["b"], 2, 1))
-    h = _dropout(h.reshape(h.shape[0], -1), key, rate)
-    return h @ params["out"]["w"] + params["out"]["b"]
-
-
 MODELS = {"logistic": (logistic_init, logistic_apply), "mlp": (mlp_init, mlp_apply),
-          "cnn": (cnn_init, cnn_apply)}
+          "cnn": (cnn_init, c.cnn_apply)}
 
 
 def train(name, data, seeds, steps):
